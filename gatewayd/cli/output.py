@@ -1,0 +1,19 @@
+"""Presentation: format_* functions return strings or rich renderables; print_* own the console."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from gatewayd.errors import GatewaydError
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def print_error(error: GatewaydError) -> None:
+    stderr_console().print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)

@@ -1,0 +1,41 @@
+"""Config: frozen values (``schema``) and their loading and validation (``loader``)."""
+
+from gatewayd.config.schema import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Backend,
+    BackendKind,
+    Config,
+    DiscoverySettings,
+    HealthSettings,
+    Limits,
+    LogFormat,
+    LoggingSettings,
+    RestartMode,
+    RestartSettings,
+    Route,
+    RouteTarget,
+    ServerSettings,
+    ShutdownSettings,
+    Timeouts,
+)
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Backend",
+    "BackendKind",
+    "Config",
+    "DiscoverySettings",
+    "HealthSettings",
+    "Limits",
+    "LogFormat",
+    "LoggingSettings",
+    "RestartMode",
+    "RestartSettings",
+    "Route",
+    "RouteTarget",
+    "ServerSettings",
+    "ShutdownSettings",
+    "Timeouts",
+]

@@ -1,0 +1,202 @@
+"""Frozen, typed config values. Every field has a default; units are in the names.
+
+The loader (``gatewayd.config.loader``) builds these from YAML, rejecting unknown keys and wrong types with
+file/line/key messages. Nothing here performs IO.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+KIB = 1024
+MIB = 1024 * KIB
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8484
+
+
+class BackendKind(enum.StrEnum):
+    OPENAI = "openai"  # any OpenAI-compatible API (hosted or local)
+    LLAMA_SERVER = "llama-server"  # llama.cpp's llama-server: OpenAI dialect plus /health, /slots, /metrics
+    OLLAMA = "ollama"  # Ollama's native API (/api/*)
+    VLLM = "vllm"  # vLLM's OpenAI-compatible server: OpenAI dialect plus /health, /metrics
+
+
+class RestartMode(enum.StrEnum):
+    IN_PROCESS = "in-process"  # swap the app generation behind the one listening socket
+    RESPAWN = "respawn"  # start a child with a fresh PID that inherits the socket and the lock
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The listening socket and per-connection limits."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: listen() backlog; hypercorn's own backlog is set equal so it cannot silently lower it
+    backlog: int = 1024
+    #: request bodies larger than this are refused with 413
+    max_body_bytes: int = 16 * MIB
+    #: idle keep-alive connections are closed after this long
+    keep_alive_timeout_seconds: float = 75.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownSettings:
+    """How a stop (SIGTERM/SIGINT) and the drain of an old generation are bounded."""
+
+    #: in-flight requests and streams may finish within this long; then streams get a shutdown event
+    drain_timeout_seconds: float = 20.0
+    #: after stop begins, the process exits 1 with a diagnostic bundle if still alive after this long.
+    #: Keep it below the service manager's stop budget (TimeoutStopSec=30 / ExitTimeOut=30 as shipped).
+    force_exit_seconds: float = 25.0
+    #: after accepting stops, wait this long before closing the listener (asyncio's accept race)
+    accept_settle_seconds: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class RestartSettings:
+    """How SIGUSR1 reloads."""
+
+    mode: RestartMode = RestartMode.IN_PROCESS
+    #: a respawned child must report ready within this long, else it is killed and we restart in process
+    respawn_ready_timeout_seconds: float = 15.0
+    #: after the child is ready, the old process answers with ``Connection: close`` for this long so
+    #: keep-alive clients move to the child before the old process drains
+    handoff_close_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Upstream timeouts. Each is a separate bound; None means no bound."""
+
+    connect_seconds: float = 5.0
+    #: from sending the request to the first byte of the response (prompt processing counts here)
+    first_byte_seconds: float = 300.0
+    #: longest gap between two chunks of a streamed response
+    idle_seconds: float = 120.0
+    #: whole request, first byte to last
+    total_seconds: float | None = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Admission: per-backend queue, and how many backends a request may try."""
+
+    #: requests waiting for a free slot on one backend; beyond it: 429 (OpenAI) / 503 (Ollama)
+    queue_size: int = 256
+    #: longest wait for a free slot before the same answer
+    queue_timeout_seconds: float = 60.0
+    #: backends tried per request (first try plus fallbacks) before giving up
+    max_attempts: int = 3
+    #: Retry-After sent with 429/503 for a full queue
+    retry_after_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """Backend probing and passive failure detection."""
+
+    #: probe period while requests flow through the backend
+    probe_interval_busy_seconds: float = 2.0
+    #: probe period while it is idle
+    probe_interval_idle_seconds: float = 15.0
+    probe_timeout_seconds: float = 2.0
+    #: consecutive failed requests or probes that put a backend in cooldown (DOWN)
+    failure_threshold: int = 3
+    #: a DOWN backend is skipped for this long, then probed again
+    cooldown_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySettings:
+    """Zero-config discovery of model servers already running on loopback."""
+
+    #: None = on when the config declares no backends; True/False forces it
+    enabled: bool | None = None
+    host: str = "127.0.0.1"
+    #: ports probed, and the kind expected on each (Ollama, llama-server, LM Studio, vLLM)
+    ports: tuple[tuple[int, BackendKind], ...] = (
+        (11434, BackendKind.OLLAMA),
+        (8080, BackendKind.LLAMA_SERVER),
+        (1234, BackendKind.OPENAI),
+        (8000, BackendKind.VLLM),
+    )
+    interval_seconds: float = 30.0
+    #: an unknown model triggers at most one inventory refresh per this long
+    refresh_min_interval_seconds: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = "info"
+    format: LogFormat = LogFormat.TEXT
+    #: one structured line per request
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One upstream model server."""
+
+    id: str
+    #: API base. For OpenAI-dialect kinds a trailing /v1 is accepted: "http://h:8080" and "http://h:8080/v1"
+    #: both reach "http://h:8080/v1/chat/completions".
+    url: str
+    kind: BackendKind = BackendKind.OPENAI
+    #: models it serves; None = discovered from the backend (/v1/models or /api/tags)
+    models: tuple[str, ...] | None = None
+    #: concurrent requests sent to it; more wait in the queue
+    max_concurrency: int = 4
+    #: literal, or "env:NAME" to read it from the environment at load time (never logged)
+    api_key: str | None = field(default=None, repr=False)
+    #: tie-breaker among candidates with the same free capacity; higher wins
+    weight: float = 1.0
+    #: the loader fills this from the top-level ``timeouts`` overlaid with the backend's own ``timeouts:``
+    #: keys, so it is always complete
+    timeouts: Timeouts = Timeouts()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    backend: str
+    #: the model name the backend knows; defaults to the route's public model name
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A public model name and the ordered backends that serve it (first healthy one with room wins;
+    later ones are fallbacks)."""
+
+    model: str
+    targets: tuple[RouteTarget, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole config. ``source`` is the file it came from (None for the built-in default)."""
+
+    server: ServerSettings = ServerSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+    restart: RestartSettings = RestartSettings()
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+    health: HealthSettings = HealthSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
+    logging: LoggingSettings = LoggingSettings()
+    backends: tuple[Backend, ...] = ()
+    routes: tuple[Route, ...] = ()
+    source: str | None = None
+
+    @property
+    def discovery_enabled(self) -> bool:
+        if self.discovery.enabled is None:
+            return not self.backends
+        return self.discovery.enabled

@@ -1,0 +1,203 @@
+"""The one exception tree of gatewayd.
+
+    GatewaydError                      every error gatewayd raises on purpose; carries a user-facing message
+    ├── ConfigError                    the config file (or an override) is invalid; carries every ConfigIssue
+    ├── InstanceError                  about the running instance, for the CLI and the run loop
+    │   ├── AlreadyRunning             another healthy instance holds the port lock
+    │   ├── NotRunning                 no instance found in the state directory
+    │   └── StartupError               the first generation could not start
+    ├── ReloadError                    a reload or respawn failed (the old generation keeps serving)
+    └── RequestError                   a request failed; carries the HTTP status and the error's type/code
+        ├── BadRequest                 400: malformed JSON, missing model, wrong field types
+        ├── PayloadTooLarge            413: body over ``server.max_body_bytes``
+        ├── ModelNotFound              404: no route and no discovered backend serves the model
+        ├── NotFound                   404: no such endpoint
+        ├── Overloaded                 429 (OpenAI) / 503 (Ollama): queue full or queue wait timed out
+        ├── Draining                   503: this generation no longer takes new work
+        └── BackendError               the upstream failed
+            ├── BackendUnavailable     503: cannot connect, backend down or in cooldown
+            ├── BackendTimeout         504: connect / first-byte / idle / total timeout
+            ├── BadGateway             502: the backend answered garbage
+            └── UpstreamStatus         the backend answered an HTTP error; its status is passed on
+
+A ``RequestError`` knows its HTTP status and an OpenAI-style ``type``/``code``; the gateway renders it in the
+endpoint's dialect (OpenAI error object on /v1, ``{"error": ...}`` on /api). CLI-facing errors carry
+``exit_code``; only ``gatewayd.cli`` turns them into an exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+#: BSD sysexits EX_CONFIG. The shipped systemd unit lists it in RestartPreventExitStatus= so that systemd
+#: stops restarting a unit whose port is held by a healthy instance (see AlreadyRunning).
+EXIT_ALREADY_RUNNING_UNDER_SYSTEMD = 78
+
+
+class GatewaydError(Exception):
+    """Base of every error gatewayd raises on purpose."""
+
+    exit_code: int = EXIT_FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config source, located as precisely as the source allows."""
+
+    source: str  #: file path, or a name such as "GATEWAYD_PORT" for an environment override
+    message: str
+    line: int | None = None  #: 1-based line in ``source`` when it is a file
+    key: str | None = None  #: dotted path of the offending key, e.g. "backends[1].max_concurency"
+    hint: str | None = None  #: how to fix it, e.g. "did you mean 'max_concurrency'?"
+
+    def __str__(self) -> str:
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        key = f" {self.key}:" if self.key else ""
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{where}:{key} {self.message}{hint}"
+
+
+class ConfigError(GatewaydError):
+    """The config is invalid. ``issues`` lists every problem found, not just the first."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        count = len(self.issues)
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"invalid config ({count} problem{'s' if count != 1 else ''}):\n{lines}")
+
+
+class InstanceError(GatewaydError):
+    """About the running instance (lock, pid, state directory)."""
+
+
+class AlreadyRunning(InstanceError):
+    """Another healthy instance holds the port lock."""
+
+    def __init__(self, message: str, *, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class NotRunning(InstanceError):
+    """No running instance was found in the state directory."""
+
+    exit_code = EXIT_NOT_RUNNING
+
+
+class StartupError(InstanceError):
+    """The first generation could not start."""
+
+
+class ReloadError(GatewaydError):
+    """A reload or respawn failed; the generation that was serving keeps serving."""
+
+
+class RequestError(GatewaydError):
+    """A request failed. Rendered by the gateway in the endpoint's dialect."""
+
+    status: int = 500
+    #: OpenAI error ``type``
+    type: str = "server_error"
+    #: OpenAI error ``code`` (None when OpenAI would send null)
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        #: seconds; rendered as a Retry-After header when set
+        self.retry_after = retry_after
+
+
+class BadRequest(RequestError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFound(RequestError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class Overloaded(RequestError):
+    """Queue full or wait timed out. OpenAI clients get 429 (and retry); Ollama's own answer is 503."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "gateway_overloaded"
+    ollama_status = 503
+
+
+class Draining(RequestError):
+    status = 503
+    type = "server_error"
+    code = "gateway_draining"
+
+
+class BackendError(RequestError):
+    """The upstream failed. ``backend`` names it when known."""
+
+    status = 502
+    type = "server_error"
+    code = "backend_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.backend = backend
+
+
+class BackendUnavailable(BackendError):
+    status = 503
+    code = "backend_unavailable"
+
+
+class BackendTimeout(BackendError):
+    status = 504
+    code = "backend_timeout"
+
+
+class BadGateway(BackendError):
+    status = 502
+    code = "bad_gateway"
+
+
+class UpstreamStatus(BackendError):
+    """The backend answered an HTTP error. ``status`` and ``body`` are the backend's own."""
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, status: int, body: bytes, backend: str | None = None) -> None:
+        super().__init__(message, backend=backend)
+        self.status = status
+        self.body = body
