@@ -1,0 +1,82 @@
+"""gatewayd/supervisor/server.py reaches into hypercorn's internals. If any of them changes shape, these tests
+fail with a message naming what changed, before anything subtler breaks at runtime."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.asyncio import tcp_server
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config
+from hypercorn.protocol import h11 as h11_protocol
+
+
+def parameters(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+def test_hypercorn_is_the_pinned_minor_version() -> None:
+    installed = version("hypercorn")
+    assert installed.startswith("0.18."), (
+        f"hypercorn {installed} is installed but gatewayd/supervisor/server.py was written against 0.18.*: "
+        "re-check TCPServer, WorkerContext and ASGIWrapper before moving the pin"
+    )
+
+
+def test_tcp_server_constructor_is_unchanged() -> None:
+    expected = ["self", "app", "loop", "config", "context", "state", "reader", "writer"]
+    assert parameters(TCPServer.__init__) == expected, (
+        f"hypercorn.asyncio.tcp_server.TCPServer.__init__ changed: {parameters(TCPServer.__init__)}; "
+        f"server.py calls it as TCPServer{tuple(expected[1:])}"
+    )
+    assert hasattr(TCPServer, "__await__"), "TCPServer is no longer awaitable; server.py awaits it"
+
+
+def test_worker_context_still_has_the_terminated_event() -> None:
+    assert parameters(WorkerContext.__init__) == ["self", "max_requests"], (
+        f"WorkerContext.__init__ changed: {parameters(WorkerContext.__init__)}; "
+        "server.py builds WorkerContext(None)"
+    )
+    context = WorkerContext(None)
+    assert inspect.iscoroutinefunction(context.terminated.set), (
+        "WorkerContext.terminated.set is no longer a coroutine; HttpServer.close_idle awaits it"
+    )
+    assert not context.terminated.is_set()
+
+
+def test_idle_connections_still_close_on_terminated() -> None:
+    idle_source = inspect.getsource(TCPServer._idle_timeout)
+    assert "context.terminated.wait()" in idle_source, (
+        "TCPServer._idle_timeout no longer waits on context.terminated: "
+        "HttpServer.close_idle would no longer close idle keep-alive connections"
+    )
+    recycle_source = inspect.getsource(h11_protocol.H11Protocol._maybe_recycle)
+    assert "context.terminated.is_set()" in recycle_source, (
+        "H11Protocol._maybe_recycle no longer checks context.terminated: busy connections would no longer "
+        "close after their response once close_idle() ran"
+    )
+    assert "keep_alive_timeout" in idle_source, (
+        "TCPServer._idle_timeout no longer uses config.keep_alive_timeout"
+    )
+
+
+def test_asgi_wrapper_calling_convention_is_unchanged() -> None:
+    assert parameters(ASGIWrapper.__init__) == ["self", "app"], "ASGIWrapper.__init__ changed"
+    assert parameters(ASGIWrapper.__call__) == [
+        "self",
+        "scope",
+        "receive",
+        "send",
+        "sync_spawn",
+        "call_soon",
+    ], f"ASGIWrapper.__call__ changed: {parameters(ASGIWrapper.__call__)}"
+
+
+def test_config_fields_we_set_still_exist() -> None:
+    config = Config()
+    for name in ("keep_alive_timeout", "backlog", "accesslog", "errorlog", "include_server_header"):
+        assert hasattr(config, name), f"hypercorn Config has no '{name}' any more; hypercorn_config() sets it"
+    assert hasattr(tcp_server, "MAX_RECV")
