@@ -9,14 +9,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from gatewayd.config import Config
 from gatewayd.config.loader import apply_listen_overrides, load
+from gatewayd.gateway.app import create_app
+from gatewayd.gateway.backends.pool import BackendPool
+from gatewayd.gateway.backends.transport import Transport
+from gatewayd.gateway.generation import GatewayGeneration
+from gatewayd.gateway.inference import InferenceEndpoint
+from gatewayd.gateway.metrics import Metrics
+from gatewayd.gateway.relay import Relay, StreamRegistry
 
 log = logging.getLogger("gatewayd.gateway")
 
 
 class GatewayFactory:
-    """Builds gateway generations. One per process; owns what must outlive a reload (metrics)."""
+    """Builds gateway generations. One per process; owns what must outlive a reload (the metrics)."""
 
     def __init__(
         self,
@@ -30,6 +39,7 @@ class GatewayFactory:
         self._listen_host = listen_host
         self._listen_port = listen_port
         self._environ = environ
+        self.metrics = Metrics()
 
     def load_config(self, path: str | None) -> Config:
         loaded = load(Path(path) if path else None, environ=self._environ)
@@ -38,28 +48,55 @@ class GatewayFactory:
         return apply_listen_overrides(loaded.config, host=self._listen_host, port=self._listen_port)
 
     @asynccontextmanager
-    async def generation(self, config: Config, *, number: int, instance: Any) -> AsyncIterator[Any]:
-        # Placeholder generation until the routed core lands: answers /healthz and /readyz only.
-        yield _MinimalGeneration()
+    async def generation(
+        self, config: Config, *, number: int, instance: Any
+    ) -> AsyncIterator[GatewayGeneration]:
+        """Build, start and yield a generation; on exit stop its probes and close its upstream connections."""
+        metrics = self.metrics
+        async with Transport() as transport, anyio.create_task_group() as tg:
+            pool = BackendPool(config, transport)
+            streams = StreamRegistry()
+            relay = Relay(config, pool, transport, streams, metrics)
+            inference = InferenceEndpoint(
+                relay,
+                metrics,
+                max_body_bytes=config.server.max_body_bytes,
+                access_log_enabled=config.logging.access_log,
+            )
+            generation = GatewayGeneration(
+                config, number=number, metrics=metrics, pool=pool, streams=streams, inference=inference
+            )
+            app = create_app(generation, instance.snapshot)
+            generation.app = app
+            sources = (
+                (metrics.in_flight, generation.gauge_in_flight),
+                (metrics.queued, generation.gauge_queued),
+                (metrics.backend_up, generation.gauge_backend_up),
+                (metrics.info, generation.gauge_generation),
+            )
+            await app.startup()
+            for gauge, source in sources:
+                gauge.sources.append(source)
+            try:
+                await pool.run(tg)
+                _log_inventory(generation)
+                yield generation
+            finally:
+                for gauge, source in sources:
+                    gauge.sources.remove(source)
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await app.shutdown()
 
 
-class _MinimalGeneration:
-    def __init__(self) -> None:
-        self._draining = False
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        path = scope["path"]
-        status = 200 if path == "/healthz" or (path == "/readyz" and not self._draining) else 503
-        if path not in ("/healthz", "/readyz"):
-            status = 404
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok" if status == 200 else b"no"})
-
-    def mark_draining(self) -> None:
-        self._draining = True
-
-    def end_streams(self) -> None:
-        pass
-
-    def status(self) -> Mapping[str, object]:
-        return {"backends_up": 0, "backends_total": 0, "in_flight": 0, "queued": 0}
+def _log_inventory(generation: GatewayGeneration) -> None:
+    rows = generation.model_rows()
+    backends = len(generation.pool.runtimes)
+    if not backends:
+        log.warning(
+            "no model servers found: configure backends (gatewayd init) or start one on a usual port "
+            "(Ollama 11434, llama-server 8080, LM Studio 1234, vLLM 8000); discovery keeps looking"
+        )
+        return
+    names = ", ".join(row["name"] for row in rows) or "none yet"
+    log.info("generation %d: %d backend(s), models: %s", generation.number, backends, names)

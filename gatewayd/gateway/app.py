@@ -1,0 +1,144 @@
+"""The Quart app of one generation: every route except the inference endpoints (see ``inference``).
+
+Listings (/v1/models, /api/tags, /api/ps, /api/version), health (/healthz, /readyz), /metrics and /status.
+Routes are thin: they read the generation's state and render it; errors come back in the dialect of the
+path (OpenAI error objects under /v1, ``{"error": ...}`` elsewhere)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from quart import Quart, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from gatewayd import __version__
+from gatewayd.errors import NotFound, RequestError
+from gatewayd.gateway.core.dialects import error_body, error_status
+from gatewayd.gateway.core.health import BackendState
+from gatewayd.gateway.inference import dialect_of_path
+
+if TYPE_CHECKING:
+    from gatewayd.gateway.generation import GatewayGeneration
+
+#: the Ollama version reported by /api/version; clients compare it against the features they need
+OLLAMA_COMPATIBLE_VERSION = "0.9.0"
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Mapping[str, object]]) -> Quart:
+    app = Quart("gatewayd")
+    app.config.update(
+        MAX_CONTENT_LENGTH=generation.config.server.max_body_bytes,
+        RESPONSE_TIMEOUT=None,
+        BODY_TIMEOUT=None,
+        JSON_SORT_KEYS=False,
+        PROVIDE_AUTOMATIC_OPTIONS=True,
+    )
+    started = int(time.time())
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> tuple[Response, int]:
+        if generation.draining:
+            return jsonify({"status": "draining"}), 503
+        return jsonify({"status": "ready", "generation": generation.number}), 200
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generation.metrics.render(), content_type=PROMETHEUS_CONTENT_TYPE)
+
+    @app.get("/status")
+    async def status() -> Response:
+        return jsonify(
+            {
+                "instance": dict(instance_snapshot()),
+                "generation": generation.number,
+                "draining": generation.draining,
+                **generation.status(),
+                "backends": generation.backend_rows(),
+                "models": generation.model_rows(),
+            }
+        )
+
+    @app.get("/v1/models")
+    async def openai_models() -> Response:
+        data = [
+            {
+                "id": row["name"],
+                "object": "model",
+                "created": started,
+                "owned_by": "gatewayd",
+                "backends": row["backends"],
+                "state": row["state"],
+            }
+            for row in generation.model_rows()
+        ]
+        return jsonify({"object": "list", "data": data})
+
+    @app.get("/api/tags")
+    async def ollama_tags() -> Response:
+        return jsonify({"models": [_ollama_model(row, started) for row in generation.model_rows()]})
+
+    @app.get("/api/ps")
+    async def ollama_ps() -> Response:
+        rows = [row for row in generation.model_rows() if row["state"] == "running"]
+        return jsonify({"models": [{**_ollama_model(row, started), "expires_at": None} for row in rows]})
+
+    @app.get("/api/version")
+    async def ollama_version() -> Response:
+        return jsonify({"version": OLLAMA_COMPATIBLE_VERSION, "gatewayd": __version__})
+
+    @app.route("/")
+    async def root() -> Response:
+        return Response("gatewayd is running\n", content_type="text/plain")
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        code = error.code or 500
+        if code == 404:
+            return _error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
+        wrapped = RequestError(error.description or error.name)
+        wrapped.status = code
+        wrapped.type = "invalid_request_error" if code < 500 else "server_error"
+        return _error_response(wrapped)
+
+    return app
+
+
+def _error_response(error: RequestError) -> Response:
+    dialect = dialect_of_path(request.path)
+    response = Response(error_body(dialect, error), content_type="application/json")
+    response.status_code = error_status(dialect, error)
+    return response
+
+
+def _ollama_model(row: Mapping[str, Any], modified: int) -> dict[str, Any]:
+    name = row["name"]
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)),
+        "size": 0,
+        "digest": "",
+        "details": {
+            "format": "",
+            "family": "",
+            "families": None,
+            "parameter_size": "",
+            "quantization_level": "",
+        },
+    }
+
+
+def model_state(states: list[BackendState]) -> str:
+    """A model's state from its backends' states: running when one is routable and has answered."""
+    if any(s in (BackendState.UP, BackendState.DEGRADED) for s in states):
+        return "running"
+    if any(s is BackendState.UNKNOWN for s in states):
+        return "unknown"
+    return "unavailable"

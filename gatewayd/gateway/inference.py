@@ -1,0 +1,206 @@
+"""The inference endpoints' ASGI edge: read and check the request, relay it, render errors, log it.
+
+These endpoints carry nearly all traffic, so they are served as plain ASGI (no framework in between);
+everything else goes through the Quart app in ``gatewayd.gateway.app``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+
+from gatewayd.errors import BadRequest, PayloadTooLarge, RequestError
+from gatewayd.gateway.core.dialects import Api, Dialect, error_body, error_status, wants_stream
+from gatewayd.gateway.metrics import Metrics
+from gatewayd.gateway.relay import Exchange, Relay
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+access_log = logging.getLogger("gatewayd.access")
+
+#: POST paths served here, and the API each one speaks
+INFERENCE_ROUTES: dict[str, Api] = {api.path: api for api in Api}
+#: HTTP status logged for a request whose client went away before the answer
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request body was being read."""
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body. Raises PayloadTooLarge past ``limit`` bytes (from Content-Length when the
+    client sends one, before reading anything) and ClientGone when the client disconnects."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise BadRequest("invalid Content-Length header") from None
+            if declared > limit:
+                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_request(api: Api, raw: bytes) -> tuple[dict[str, Any], str]:
+    """The JSON object and its model name. Raises BadRequest saying what is wrong."""
+    try:
+        body = json.loads(raw)
+    except ValueError as error:
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = body.get("model")
+    if model is None and api is Api.OLLAMA_EMBEDDINGS:
+        model = body.get("name")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    return body, model
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    for name, value in scope["headers"]:
+        if name == wanted:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _watch_disconnect(receive: Receive, cancel_scope: anyio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            cancel_scope.cancel()
+            return
+
+
+class InferenceEndpoint:
+    """Serves the inference routes of one generation."""
+
+    def __init__(
+        self, relay: Relay, metrics: Metrics, *, max_body_bytes: int, access_log_enabled: bool
+    ) -> None:
+        self._relay = relay
+        self._metrics = metrics
+        self._limit = max_body_bytes
+        self._log = access_log_enabled
+
+    async def __call__(self, api: Api, scope: Scope, receive: Receive, send: Send) -> None:
+        received = time.perf_counter()
+        request_id = _header(scope, b"x-request-id") or secrets.token_hex(8)
+        exchange = Exchange(
+            request_id=request_id,
+            api=api,
+            model="",
+            body={},
+            raw=b"",
+            stream=False,
+            preferred=_header(scope, b"x-gatewayd-preferred-backend"),
+            received_at=received,
+        )
+        error: RequestError | None = None
+        try:
+            exchange.raw = await read_body(scope, receive, self._limit)
+            exchange.body, exchange.model = parse_request(api, exchange.raw)
+            exchange.stream = wants_stream(api, exchange.body)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+                try:
+                    await self._relay.relay(exchange, send)
+                except RequestError as caught:
+                    error = caught
+                tg.cancel_scope.cancel()
+            if exchange.status == 0 and error is None:
+                exchange.status = CLIENT_CLOSED_REQUEST
+                exchange.error = "client disconnected"
+        except ClientGone:
+            exchange.status = CLIENT_CLOSED_REQUEST
+            exchange.error = "client disconnected"
+        except RequestError as caught:
+            error = caught
+        if error is not None:
+            await self._send_error(exchange, error, send)
+        self._record(exchange)
+
+    async def _send_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
+        dialect = exchange.api.dialect
+        status = error_status(dialect, error)
+        exchange.status = status
+        exchange.error = error.message
+        body = error_body(dialect, error)
+        headers = exchange.response_headers(b"application/json")
+        headers.append((b"content-length", str(len(body)).encode()))
+        if error.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def _record(self, exchange: Exchange) -> None:
+        now = time.perf_counter()
+        metrics = self._metrics
+        model = exchange.model or "-"
+        backend = exchange.backend or "-"
+        latency = now - exchange.received_at
+        metrics.requests.inc((model, backend, str(exchange.status)))
+        metrics.latency.observe((model,), latency)
+        ttft = None
+        if exchange.first_byte_at is not None:
+            ttft = exchange.first_byte_at - exchange.received_at
+            metrics.ttft.observe((model,), ttft)
+            metrics.overhead.observe((), max(ttft - exchange.upstream_time, 0.0))
+        usage = exchange.usage
+        if usage.prompt_tokens:
+            metrics.tokens.inc((model, "prompt"), usage.prompt_tokens)
+        if usage.completion_tokens:
+            metrics.tokens.inc((model, "completion"), usage.completion_tokens)
+        if self._log:
+            fields = {
+                "request_id": exchange.request_id,
+                "api": exchange.api.value,
+                "model": model,
+                "backend": backend,
+                "status": exchange.status,
+                "stream": exchange.stream,
+                "latency_ms": round(latency * 1000, 2),
+                "ttft_ms": None if ttft is None else round(ttft * 1000, 2),
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "attempts": exchange.attempts,
+                "error": exchange.error,
+            }
+            access_log.info(
+                "%s %s %s -> %s %s %.1fms attempts=%d%s",
+                exchange.request_id,
+                exchange.api.path,
+                model,
+                backend,
+                exchange.status,
+                latency * 1000,
+                exchange.attempts,
+                f" error={exchange.error!r}" if exchange.error else "",
+                extra={"fields": fields},
+            )
+
+
+def dialect_of_path(path: str) -> Dialect:
+    return Dialect.OLLAMA if path.startswith("/api/") else Dialect.OPENAI

@@ -1,0 +1,490 @@
+"""The relay: takes one parsed client request to a backend and its answer back to the client.
+
+It owns the attempt loop (fallback only before the client has seen a byte), admission, upstream timeouts,
+byte-level relaying of same-dialect streams (cut at event boundaries, never re-encoded), translation of
+cross-dialect answers, the clean ending of a broken or shut-down stream, and the bookkeeping of the exchange
+(backend, attempts, time to first token, usage) that the access log and metrics read afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+
+from gatewayd.config import Config
+from gatewayd.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    BadGateway,
+    Draining,
+    ModelNotFound,
+    RequestError,
+    UpstreamStatus,
+)
+from gatewayd.gateway.backends.pool import BackendPool, BackendRuntime
+from gatewayd.gateway.backends.probes import api_url, auth_headers
+from gatewayd.gateway.backends.transport import Transport, UpstreamResponse
+from gatewayd.gateway.core.dialects import Api, Framing, Usage, backend_dialect, stream_error_event
+from gatewayd.gateway.core.framing import (
+    DONE,
+    SSE_DONE,
+    NDJSONDecoder,
+    SSEDecoder,
+    encode_ndjson,
+    encode_sse,
+    split_complete,
+)
+from gatewayd.gateway.core.inventory import Target
+from gatewayd.gateway.core.routing import Preference, order_targets
+from gatewayd.gateway.core.translate import translator
+from gatewayd.gateway.core.translate_base import StreamTranslator, Translator
+from gatewayd.gateway.metrics import Metrics
+
+log = logging.getLogger("gatewayd.relay")
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_CONTENT_TYPES = {Framing.SSE: b"text/event-stream", Framing.NDJSON: b"application/x-ndjson"}
+_JSON = b"application/json"
+#: upstream statuses that move a request to the next candidate (before the client saw a byte)
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_SHUTDOWN_MESSAGE = "the gateway is shutting down; retry the request"
+
+
+class Exchange:
+    """One client request and what became of it. Filled in by the relay, read by the log and metrics."""
+
+    __slots__ = (
+        "api",
+        "attempts",
+        "backend",
+        "body",
+        "error",
+        "first_byte_at",
+        "model",
+        "preference",
+        "preferred",
+        "raw",
+        "received_at",
+        "request_id",
+        "started",
+        "status",
+        "stream",
+        "upstream_time",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        api: Api,
+        model: str,
+        body: dict[str, Any],
+        raw: bytes,
+        stream: bool,
+        preferred: str | None,
+        received_at: float,
+    ) -> None:
+        self.request_id = request_id
+        self.api = api
+        self.model = model
+        self.body = body
+        self.raw = raw
+        self.stream = stream
+        self.preferred = preferred
+        self.received_at = received_at
+        self.backend: str | None = None
+        self.preference: Preference | None = None
+        self.attempts = 0
+        self.status = 0
+        #: True once the response start was sent: no fallback, errors end the stream in band
+        self.started = False
+        self.first_byte_at: float | None = None
+        #: seconds spent waiting on upstreams (for the overhead figure)
+        self.upstream_time = 0.0
+        self.usage = Usage()
+        self.error: str | None = None
+
+    def response_headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-type", content_type),
+            (b"x-request-id", self.request_id.encode()),
+        ]
+        if self.backend is not None:
+            headers.append((b"x-gatewayd-backend", self.backend.encode()))
+        if self.preference is not None:
+            headers.append((b"x-gatewayd-preferred-backend", self.preference.value.encode()))
+        if self.attempts > 1:
+            headers.append((b"x-gatewayd-attempts", str(self.attempts).encode()))
+        return headers
+
+
+class StreamRegistry:
+    """The cancel scopes of the streams a generation is relaying, so ``end_all`` can end them cleanly."""
+
+    def __init__(self) -> None:
+        self._scopes: set[anyio.CancelScope] = set()
+        self.ending = False
+
+    def add(self, scope: anyio.CancelScope) -> None:
+        if self.ending:
+            scope.cancel()
+        self._scopes.add(scope)
+
+    def discard(self, scope: anyio.CancelScope) -> None:
+        self._scopes.discard(scope)
+
+    def end_all(self) -> None:
+        self.ending = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    def __len__(self) -> int:
+        return len(self._scopes)
+
+
+class Relay:
+    """Relays exchanges for one generation."""
+
+    def __init__(
+        self,
+        config: Config,
+        pool: BackendPool,
+        transport: Transport,
+        streams: StreamRegistry,
+        metrics: Metrics,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._pool = pool
+        self._transport = transport
+        self._streams = streams
+        self._max_attempts = config.limits.max_attempts
+
+    async def candidates(self, exchange: Exchange) -> list[Target]:
+        """Ordered targets for the exchange's model. Raises ModelNotFound or BackendUnavailable."""
+        pool = self._pool
+        targets = pool.inventory.targets(exchange.model)
+        if not targets and await pool.refresh_models():
+            targets = pool.inventory.targets(exchange.model)
+        if not targets:
+            raise ModelNotFound(f"model '{exchange.model}' is not served by any backend", param="model")
+        ordered, exchange.preference = order_targets(targets, pool.load, preferred=exchange.preferred)
+        if not ordered:
+            reasons = "; ".join(
+                f"{t.backend}: {pool.runtimes[t.backend].health.last_error or 'down'}" for t in targets
+            )
+            raise BackendUnavailable(f"every backend for model '{exchange.model}' is down ({reasons})")
+        return ordered[: self._max_attempts]
+
+    async def relay(self, exchange: Exchange, send: Send) -> None:
+        """Serve the exchange, sending the response through ``send``.
+
+        Raises a RequestError only while nothing has been sent (the caller renders it in the endpoint's
+        dialect); once the response has started, failures end the stream in band instead. On cancellation
+        (the client went away) the upstream request is aborted and its slot freed."""
+        last_error: BackendError | None = None
+        for target in await self.candidates(exchange):
+            runtime = self._pool.runtimes[target.backend]
+            exchange.attempts += 1
+            try:
+                await self._attempt(exchange, runtime, target, send)
+                return
+            except BackendError as error:
+                if exchange.started:
+                    return
+                last_error = error
+                if isinstance(error, UpstreamStatus) and error.status not in _RETRYABLE_STATUS:
+                    raise
+        assert last_error is not None
+        raise last_error
+
+    async def _attempt(self, exchange: Exchange, runtime: BackendRuntime, target: Target, send: Send) -> None:
+        backend = runtime.config
+        await runtime.admission.acquire(backend.id)
+        self._pool.note_traffic(runtime)
+        upstream: UpstreamResponse | None = None
+        completed = False
+        clock = time.perf_counter
+        try:
+            translation = translator(exchange.api, backend_dialect(backend.kind), client_model=exchange.model)
+            body = self._upstream_body(exchange, translation, target.model)
+            headers = {"Content-Type": "application/json", **auth_headers(backend)}
+            started = clock()
+            try:
+                upstream = await self._transport.open(
+                    "POST",
+                    api_url(backend, translation.upstream_path),
+                    backend=backend.id,
+                    timeouts=backend.timeouts,
+                    headers=headers,
+                    body=body,
+                )
+            finally:
+                exchange.upstream_time += clock() - started
+            if upstream.status >= 400:
+                raise UpstreamStatus(
+                    f"backend {backend.id} answered HTTP {upstream.status}",
+                    status=upstream.status,
+                    body=await upstream.read(),
+                    backend=backend.id,
+                )
+            exchange.backend = backend.id
+            total = backend.timeouts.total_seconds
+            with anyio.fail_after(total) if total is not None else _no_timeout():
+                if exchange.stream and _is_stream(upstream, translation.upstream_framing):
+                    await self._relay_stream(exchange, translation, upstream, send)
+                else:
+                    await self._relay_whole(exchange, translation, upstream, send)
+            completed = exchange.error is None
+            runtime.health.request_succeeded()
+            self._metrics.attempts.inc((backend.id, "ok"))
+        except TimeoutError:
+            error = _total_timeout(backend.id, backend.timeouts.total_seconds)
+            self._failed(runtime, error)
+            if exchange.started:
+                await self._end_stream_with_error(exchange, send, error.message, error.code or "timeout")
+                return
+            raise error from None
+        except BackendError as error:
+            self._failed(runtime, error)
+            if exchange.started:
+                await self._end_stream_with_error(
+                    exchange, send, error.message, error.code or "backend_error"
+                )
+            raise
+        finally:
+            if upstream is not None:
+                if completed:
+                    upstream.close()  # the body was read to its end: the connection goes back to the pool
+                else:
+                    upstream.abort()  # cancelled or broken: drop it so the backend stops generating
+            runtime.admission.release()
+
+    def _failed(self, runtime: BackendRuntime, error: BackendError) -> None:
+        exchange_error = error.message
+        counts_against_health = not (isinstance(error, UpstreamStatus) and error.status < 500)
+        if counts_against_health:
+            runtime.health.request_failed(time.monotonic(), exchange_error)
+        self._metrics.attempts.inc((runtime.config.id, error.code or "error"))
+
+    def _upstream_body(self, exchange: Exchange, translation: Translator, model: str) -> bytes:
+        if translation.passthrough and model == exchange.model:
+            return exchange.raw
+        body = dict(exchange.body)
+        return json.dumps(
+            translation.request(body, model=model, stream=exchange.stream), separators=(",", ":")
+        ).encode()
+
+    async def _relay_whole(
+        self, exchange: Exchange, translation: Translator, upstream: UpstreamResponse, send: Send
+    ) -> None:
+        started = time.perf_counter()
+        raw = await upstream.read()
+        exchange.upstream_time += time.perf_counter() - started
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise BadGateway(
+                f"backend {exchange.backend} returned a body that is not JSON: {raw[:200]!r}",
+                backend=exchange.backend,
+            ) from None
+        if not isinstance(payload, dict):
+            raise BadGateway(
+                f"backend {exchange.backend} returned an unexpected body", backend=exchange.backend
+            )
+        exchange.usage = translation.usage(payload)
+        if not translation.passthrough:
+            raw = json.dumps(
+                translation.response(payload), separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        exchange.status = 200
+        exchange.started = True
+        exchange.first_byte_at = time.perf_counter()
+        headers = exchange.response_headers(_JSON)
+        headers.append((b"content-length", str(len(raw)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": raw, "more_body": False})
+
+    async def _relay_stream(
+        self, exchange: Exchange, translation: Translator, upstream: UpstreamResponse, send: Send
+    ) -> None:
+        client_framing = exchange.api.framing
+        scope = anyio.CancelScope()
+        self._streams.add(scope)
+        try:
+            with scope:
+                if translation.passthrough:
+                    await self._pass_stream(exchange, translation, upstream, send, client_framing)
+                else:
+                    await self._translate_stream(exchange, translation, upstream, send, client_framing)
+        finally:
+            self._streams.discard(scope)
+        if scope.cancelled_caught:
+            exchange.error = "gateway shutdown"
+            if not exchange.started:
+                raise Draining(_SHUTDOWN_MESSAGE)
+            event = stream_error_event(
+                client_framing, exchange.api.dialect, _SHUTDOWN_MESSAGE, "gateway_shutdown"
+            )
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+
+    async def _start_stream(self, exchange: Exchange, send: Send, framing: Framing, first: bytes) -> None:
+        exchange.status = 200
+        exchange.started = True
+        exchange.first_byte_at = time.perf_counter()
+        headers = exchange.response_headers(_CONTENT_TYPES[framing])
+        headers.append((b"cache-control", b"no-cache"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+
+    async def _pass_stream(
+        self,
+        exchange: Exchange,
+        translation: Translator,
+        upstream: UpstreamResponse,
+        send: Send,
+        framing: Framing,
+    ) -> None:
+        """Same dialect: forward whole events as bytes; parse only events that carry token counts."""
+        usage = translation.stream()
+        marker = b'"usage"' if framing is Framing.SSE else b'"done"'
+        rest = b""
+        async for data in upstream.chunks():
+            complete, rest = split_complete(rest + data if rest else data, framing)
+            if not complete:
+                continue
+            if marker in complete:
+                _scan_usage(complete, framing, usage)
+            if exchange.started:
+                await send({"type": "http.response.body", "body": complete, "more_body": True})
+            else:
+                await self._start_stream(exchange, send, framing, complete)
+        if rest.strip():
+            raise BadGateway(
+                f"backend {exchange.backend} ended the stream mid-event", backend=exchange.backend
+            )
+        exchange.usage = usage.usage
+        if not exchange.started:
+            raise BadGateway(f"backend {exchange.backend} sent an empty stream", backend=exchange.backend)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _translate_stream(
+        self,
+        exchange: Exchange,
+        translation: Translator,
+        upstream: UpstreamResponse,
+        send: Send,
+        framing: Framing,
+    ) -> None:
+        """Other dialect: decode upstream events, translate, encode in the client's framing."""
+        stream = translation.stream()
+        encode = encode_sse if framing is Framing.SSE else encode_ndjson
+        sse = translation.upstream_framing is Framing.SSE
+        decoder: SSEDecoder | NDJSONDecoder = SSEDecoder() if sse else NDJSONDecoder()
+        finished = False
+        async for data in upstream.chunks():
+            out: list[bytes] = []
+            for payload in _decode(decoder, data, sse):
+                if payload is None:
+                    finished = True
+                    break
+                out.extend(encode(p) for p in stream.event(payload))
+            if out:
+                chunk = b"".join(out)
+                if exchange.started:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                else:
+                    await self._start_stream(exchange, send, framing, chunk)
+            if finished:
+                break
+        if sse and not finished:
+            raise BadGateway(f"backend {exchange.backend} ended the stream early", backend=exchange.backend)
+        tail = b"".join(encode(p) for p in stream.finish())
+        if framing is Framing.SSE:
+            tail += SSE_DONE
+        exchange.usage = stream.usage
+        if not exchange.started:
+            await self._start_stream(exchange, send, framing, tail)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _end_stream_with_error(self, exchange: Exchange, send: Send, message: str, code: str) -> None:
+        exchange.error = message
+        event = stream_error_event(exchange.api.framing, exchange.api.dialect, message, code)
+        try:
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+        except OSError:  # pragma: no cover - the client is gone too
+            pass
+
+
+def _decode(decoder: SSEDecoder | NDJSONDecoder, data: bytes, sse: bool) -> list[Any]:
+    """Parsed upstream events in ``data``; None stands for SSE's [DONE]. Raises BadGateway on bad JSON."""
+    events: list[Any] = []
+    try:
+        if isinstance(decoder, SSEDecoder):
+            for event in decoder.feed(data):
+                if event.data == DONE:
+                    events.append(None)
+                    break
+                if event.data:
+                    events.append(json.loads(event.data))
+        else:
+            events.extend(json.loads(line) for line in decoder.feed(data))
+    except ValueError:
+        raise BadGateway("backend sent a stream event that is not JSON") from None
+    return events
+
+
+def _scan_usage(complete: bytes, framing: Framing, usage: StreamTranslator) -> None:
+    """Feed the events of ``complete`` that mention token counts to the usage extractor."""
+    if framing is Framing.SSE:
+        for block in complete.split(b"\n\n"):
+            if b'"usage"' in block:
+                for line in block.splitlines():
+                    if line.startswith(b"data:") and b'"usage"' in line:
+                        _feed_json(usage, line[5:])
+    else:
+        for line in complete.splitlines():
+            if b'"done"' in line:
+                _feed_json(usage, line)
+
+
+def _feed_json(usage: StreamTranslator, raw: bytes) -> None:
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return
+    if isinstance(payload, dict):
+        try:
+            usage.event(payload)
+        except RequestError:
+            pass
+
+
+def _is_stream(upstream: UpstreamResponse, framing: Framing) -> bool:
+    """Whether the backend answered with a stream (some ignore "stream": true and answer whole)."""
+    return upstream.content_type == _STREAM_TYPES[framing]
+
+
+_STREAM_TYPES = {Framing.SSE: "text/event-stream", Framing.NDJSON: "application/x-ndjson"}
+
+
+def _total_timeout(backend: str, seconds: float | None) -> BackendError:
+    return BackendTimeout(f"backend {backend} did not finish within {seconds:g} s", backend=backend)
+
+
+class _no_timeout:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
