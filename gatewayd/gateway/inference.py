@@ -5,6 +5,7 @@ everything else goes through the Quart app in ``gatewayd.gateway.app``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -29,6 +30,8 @@ access_log = logging.getLogger("gatewayd.access")
 INFERENCE_ROUTES: dict[str, Api] = {api.path: api for api in Api}
 #: HTTP status logged for a request whose client went away before the answer
 CLIENT_CLOSED_REQUEST = 499
+#: a request starts watching for its client's disconnect once it has lasted this long
+DISCONNECT_WATCH_DELAY_SECONDS = 0.05
 
 
 class ClientGone(Exception):
@@ -94,6 +97,38 @@ async def _watch_disconnect(receive: Receive, cancel_scope: anyio.CancelScope) -
             return
 
 
+class DisconnectWatch:
+    """Cancels ``scope`` when the client disconnects, watching only once the request has lasted
+    ``DISCONNECT_WATCH_DELAY_SECONDS``: most of a fast request's cost would otherwise be this watcher.
+
+    The watcher task lives strictly inside the ``async with`` block: it is cancelled and awaited on exit
+    (shielded), so no task outlives the request."""
+
+    __slots__ = ("_handle", "_receive", "_scope", "_task")
+
+    def __init__(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        self._receive = receive
+        self._scope = scope
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(_watch_disconnect(self._receive, self._scope))
+
+    async def __aenter__(self) -> DisconnectWatch:
+        self._handle = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_DELAY_SECONDS, self._start)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._handle is not None
+        self._handle.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((task,))
+
+
 class InferenceEndpoint:
     """Serves the inference routes of one generation."""
 
@@ -123,13 +158,12 @@ class InferenceEndpoint:
             exchange.raw = await read_body(scope, receive, self._limit)
             exchange.body, exchange.model = parse_request(api, exchange.raw)
             exchange.stream = wants_stream(api, exchange.body)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-                try:
-                    await self._relay.relay(exchange, send)
-                except RequestError as caught:
-                    error = caught
-                tg.cancel_scope.cancel()
+            with anyio.CancelScope() as scope:
+                async with DisconnectWatch(receive, scope):
+                    try:
+                        await self._relay.relay(exchange, send)
+                    except RequestError as caught:
+                        error = caught
             if exchange.status == 0 and error is None:
                 exchange.status = CLIENT_CLOSED_REQUEST
                 exchange.error = "client disconnected"

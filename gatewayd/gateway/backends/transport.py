@@ -1,5 +1,8 @@
 """The upstream HTTP client: the one module that knows aiohttp, and the one place its errors become ours.
 
+aiohttp runs only on asyncio, so this module uses asyncio's own ``asyncio.timeout`` for its bounds: it
+costs a fraction of a generic cancel scope, and these bounds sit on every request and every stream chunk.
+
 Why aiohttp and not httpx here: measured on 2 cores behind the same quart+hypercorn proxy, httpx's pool
 reached 555 req/s at 16 clients and 211 at 64 (4.7 ms CPU per request) where aiohttp's client reached 2,273
 and 1,861 (~0.45 ms); per relayed stream chunk ~180 µs vs ~83 µs. Swapping the client means rewriting only
@@ -50,7 +53,7 @@ class UpstreamResponse:
 
         Raises BackendTimeout, BackendUnavailable (connection lost)."""
         try:
-            with anyio.fail_after(self._timeouts.idle_seconds):
+            async with asyncio.timeout(self._timeouts.idle_seconds):
                 return await self._response.read()
         except TimeoutError:
             raise BackendTimeout(
@@ -68,7 +71,7 @@ class UpstreamResponse:
         idle = self._timeouts.idle_seconds
         while True:
             try:
-                with anyio.fail_after(idle):
+                async with asyncio.timeout(idle):
                     data = await content.readany()
             except TimeoutError:
                 raise BackendTimeout(
@@ -144,7 +147,7 @@ class Transport:
         request_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_seconds)
         for attempt in (1, 2):
             try:
-                with anyio.fail_after(timeouts.connect_seconds + timeouts.first_byte_seconds):
+                async with asyncio.timeout(timeouts.connect_seconds + timeouts.first_byte_seconds):
                     response = await session.request(
                         method,
                         url,
