@@ -127,8 +127,8 @@ def ollama_usage(payload: Payload) -> Usage:
 
 
 def new_id(prefix: str) -> str:
-    """A fresh OpenAI-style object id, e.g. ``chatcmpl-3f2a...``."""
-    return f"{prefix}-{secrets.token_hex(12)}"
+    """A fresh OpenAI-style object id: ``prefix`` then 24 random hex digits, e.g. ``chatcmpl-3f2a...``."""
+    return prefix + secrets.token_hex(12)
 
 
 def now_seconds() -> int:

@@ -83,7 +83,7 @@ class OpenAIChatOverOllama(Translator):
             out_message["content"] = content or None
             finish_reason = "tool_calls"
         return {
-            "id": new_id("chatcmpl"),
+            "id": new_id("chatcmpl-"),
             "object": "chat.completion",
             "created": now_seconds(),
             "model": self.client_model,
@@ -124,7 +124,7 @@ class OpenAICompletionsOverOllama(Translator):
         if not isinstance(text, str):
             raise BadGateway("backend returned an unexpected response")
         return {
-            "id": new_id("cmpl"),
+            "id": new_id("cmpl-"),
             "object": "text_completion",
             "created": now_seconds(),
             "model": self.client_model,
@@ -216,7 +216,7 @@ class _OpenAIStream(StreamTranslator):
         self._model = client_model
         self._chat = chat
         self._include_usage = include_usage
-        self._id = new_id("chatcmpl" if chat else "cmpl")
+        self._id = new_id("chatcmpl-" if chat else "cmpl-")
         self._object = "chat.completion.chunk" if chat else "text_completion"
         self._created = now_seconds()
         self._role_sent = False
@@ -428,7 +428,7 @@ def _openai_tool_call(call: Payload, index: int | None = None) -> Payload:
         raise BadGateway("backend returned an unexpected tool call")
     arguments = function.get("arguments")
     out: Payload = {} if index is None else {"index": index}
-    out["id"] = call.get("id") or new_id("call")
+    out["id"] = call.get("id") or new_id("call_")
     out["type"] = "function"
     out["function"] = {
         "name": function.get("name"),

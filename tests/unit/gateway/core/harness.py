@@ -110,6 +110,9 @@ def gateway(
         assert path == api.path
         translation = translator(api, backend, client_model=body["model"])
         stream = wants_stream(api, body)
+        assert stream is isinstance(answer, bytes), (
+            "the client's stream flag does not match the canned answer"
+        )
         upstream = translation.request(body, model=BACKEND_MODEL, stream=stream)
         if isinstance(answer, bytes):
             client_bytes, usage = pump(translation, answer, chunk_size=chunk_size)

@@ -91,7 +91,7 @@ def test_openai_error_bodies_become_the_openai_clients_exceptions(
     assert error_status(Dialect.OPENAI, error) == status
     client = openai_client(lambda path, body: (status, error_body(Dialect.OPENAI, error)))
     with pytest.raises(openai_exception) as raised:
-        client.chat.completions.create(model="m", messages=CHAT)  # type: ignore[arg-type]
+        client.chat.completions.create(model="m", messages=CHAT)
     assert raised.value.status_code == status
     assert raised.value.body == {
         "message": error.message,
@@ -198,7 +198,7 @@ def test_an_sse_stream_error_event_makes_the_openai_client_raise_api_error() -> 
     client = openai_client(lambda path, body: (200, encode_sse(chunk) + event))
     received: list[Any] = []
     with pytest.raises(openai.APIError) as raised:
-        drain(client.chat.completions.create(model="m", messages=CHAT, stream=True), received)  # type: ignore[arg-type]
+        drain(client.chat.completions.create(model="m", messages=CHAT, stream=True), received)
     assert [part.choices[0].delta.content for part in received] == ["Hel"]
     assert raised.value.message == "backend a timed out"
     assert raised.value.code == "backend_timeout"
