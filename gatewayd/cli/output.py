@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.text import Text
 
 from gatewayd.errors import GatewaydError
 
@@ -16,4 +17,4 @@ def stdout_console() -> Console:
 
 
 def print_error(error: GatewaydError) -> None:
-    stderr_console().print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
+    stderr_console().print(Text.assemble(("error:", "bold red"), " ", error.message))
