@@ -84,8 +84,8 @@ class HttpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._connections = 0
-        self._no_connections = anyio.Event()
-        self._no_connections.set()
+        #: set when the last connection closes; created on demand (anyio needs a running loop)
+        self._no_connections: anyio.Event | None = None
         self._paused_handle: asyncio.TimerHandle | None = None
 
     @property
@@ -96,6 +96,14 @@ class HttpServer:
     def connections(self) -> int:
         """Open client connections (accepted and not yet closed)."""
         return self._connections
+
+    def apply_settings(self, settings: ServerSettings) -> None:
+        """Apply a reloaded config's connection settings: the keep-alive timeout (from each connection's next
+        idle period) and the listen backlog (re-listen). The address cannot change without a new socket."""
+        self._config.keep_alive_timeout = settings.keep_alive_timeout_seconds
+        if settings.backlog != self._config.backlog:
+            self._listener.listen(settings.backlog)
+            self._config.backlog = settings.backlog
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve until cancelled. Reports started once the accept reader is installed.
@@ -145,7 +153,10 @@ class HttpServer:
     async def wait_closed(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every connection to close. Returns True if they all did."""
         with anyio.move_on_after(timeout):
-            await self._no_connections.wait()
+            while self._connections:
+                if self._no_connections is None:
+                    self._no_connections = anyio.Event()
+                await self._no_connections.wait()
         return self._connections == 0
 
     def _on_readable(self) -> None:
@@ -167,8 +178,6 @@ class HttpServer:
                 self._pause_accepting()
                 return
             conn.setblocking(False)
-            if self._connections == 0:
-                self._no_connections = anyio.Event()
             self._connections += 1
             task_group.start_soon(self._serve_connection, conn)
 
@@ -202,5 +211,6 @@ class HttpServer:
             elif not writer.transport.is_closing():
                 writer.transport.abort()
             self._connections -= 1
-            if self._connections == 0:
+            if self._connections == 0 and self._no_connections is not None:
                 self._no_connections.set()
+                self._no_connections = None
