@@ -192,7 +192,8 @@ class InferenceEndpoint:
     def _record(self, exchange: Exchange) -> None:
         now = time.perf_counter()
         metrics = self._metrics
-        model = exchange.model or "-"
+        # an unknown model name is not a label value: clients could otherwise mint series without bound
+        model = exchange.model if exchange.model and exchange.status != 404 else "-"
         backend = exchange.backend or "-"
         latency = now - exchange.received_at
         metrics.requests.inc((model, backend, str(exchange.status)))
@@ -211,7 +212,7 @@ class InferenceEndpoint:
             fields = {
                 "request_id": exchange.request_id,
                 "api": exchange.api.value,
-                "model": model,
+                "model": exchange.model or None,
                 "backend": backend,
                 "status": exchange.status,
                 "stream": exchange.stream,
@@ -226,7 +227,7 @@ class InferenceEndpoint:
                 "%s %s %s -> %s %s %.1fms attempts=%d%s",
                 exchange.request_id,
                 exchange.api.path,
-                model,
+                exchange.model or "-",
                 backend,
                 exchange.status,
                 latency * 1000,
