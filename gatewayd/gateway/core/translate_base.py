@@ -89,6 +89,13 @@ class Translator(abc.ABC):
         """A translator for one streamed answer."""
 
 
+class EmbeddingTranslator(Translator):
+    """A translator for an embedding API: its answers are never streamed."""
+
+    def stream(self) -> StreamTranslator:
+        raise TypeError(f"{self.api.path} answers are never streamed")
+
+
 # --- shared helpers ----------------------------------------------------------------------------------
 
 

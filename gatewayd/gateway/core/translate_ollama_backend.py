@@ -27,6 +27,7 @@ from typing import Any
 from gatewayd.errors import BadGateway, BadRequest
 from gatewayd.gateway.core.dialects import Api, Dialect, Usage
 from gatewayd.gateway.core.translate_base import (
+    EmbeddingTranslator,
     Payload,
     StreamTranslator,
     Translator,
@@ -146,7 +147,7 @@ class OpenAICompletionsOverOllama(Translator):
         return _OpenAIStream(self.client_model, chat=False, include_usage=self._include_usage)
 
 
-class OpenAIEmbeddingsOverOllama(Translator):
+class OpenAIEmbeddingsOverOllama(EmbeddingTranslator):
     """/v1/embeddings on an Ollama backend. ``encoding_format: "base64"`` (the openai client's default) is
     answered with base64 of little-endian float32, as OpenAI does."""
 
@@ -186,9 +187,6 @@ class OpenAIEmbeddingsOverOllama(Translator):
 
     def usage(self, upstream: object) -> Usage:
         return Usage(ollama_usage(expect_dict(upstream, "response")).prompt_tokens, 0)
-
-    def stream(self) -> StreamTranslator:
-        raise TypeError("embeddings are never streamed")
 
 
 class _OpenAIStream(StreamTranslator):

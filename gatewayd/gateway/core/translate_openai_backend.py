@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from gatewayd.errors import BadGateway, BadRequest
 from gatewayd.gateway.core.dialects import Api, Dialect, Usage
 from gatewayd.gateway.core.translate_base import (
+    EmbeddingTranslator,
     Payload,
     StreamTranslator,
     Translator,
@@ -138,7 +139,7 @@ class OllamaGenerateOverOpenAI(Translator):
         return _OllamaStream(self.client_model, chat_upstream=self._chat_upstream, text_field="response")
 
 
-class OllamaEmbedOverOpenAI(Translator):
+class OllamaEmbedOverOpenAI(EmbeddingTranslator):
     """/api/embed on an OpenAI backend."""
 
     def __init__(self, api: Api, backend: Dialect, *, client_model: str) -> None:
@@ -167,11 +168,8 @@ class OllamaEmbedOverOpenAI(Translator):
     def usage(self, upstream: object) -> Usage:
         return _embedding_usage(expect_dict(upstream, "response"))
 
-    def stream(self) -> StreamTranslator:
-        raise TypeError("embeddings are never streamed")
 
-
-class OllamaEmbeddingsOverOpenAI(Translator):
+class OllamaEmbeddingsOverOpenAI(EmbeddingTranslator):
     """The legacy /api/embeddings (one ``prompt``, one ``embedding``) on an OpenAI backend."""
 
     def __init__(self, api: Api, backend: Dialect, *, client_model: str) -> None:
@@ -192,9 +190,6 @@ class OllamaEmbeddingsOverOpenAI(Translator):
 
     def usage(self, upstream: object) -> Usage:
         return _embedding_usage(expect_dict(upstream, "response"))
-
-    def stream(self) -> StreamTranslator:
-        raise TypeError("embeddings are never streamed")
 
 
 @dataclass(slots=True)
@@ -224,11 +219,13 @@ class _OllamaStream(StreamTranslator):
         "_tools",
     )
 
-    def __init__(self, client_model: str, *, chat_upstream: bool, text_field: str) -> None:
+    def __init__(
+        self, client_model: str, *, chat_upstream: bool, text_field: Literal["message", "response"]
+    ) -> None:
         super().__init__()
         self._model = client_model
         self._chat_upstream = chat_upstream
-        self._text_field = text_field  # "message" (chat) or "response" (generate)
+        self._text_field = text_field  # where the text goes: chat's "message", generate's "response"
         self._finish_reason: str | None = None
         self._tools: dict[int, _ToolCallParts] = {}
         self._created: object = None
