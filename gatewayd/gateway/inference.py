@@ -158,8 +158,8 @@ class InferenceEndpoint:
             exchange.raw = await read_body(scope, receive, self._limit)
             exchange.body, exchange.model = parse_request(api, exchange.raw)
             exchange.stream = wants_stream(api, exchange.body)
-            with anyio.CancelScope() as scope:
-                async with DisconnectWatch(receive, scope):
+            with anyio.CancelScope() as cancel_scope:
+                async with DisconnectWatch(receive, cancel_scope):
                     try:
                         await self._relay.relay(exchange, send)
                     except RequestError as caught:

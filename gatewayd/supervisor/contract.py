@@ -23,7 +23,8 @@ class InstanceInfo(Protocol):
     """Read-only view of the run loop, given to each generation so it can report it (status page, /status)."""
 
     def snapshot(self) -> Mapping[str, object]:
-        """pid, started_at, uptime_seconds, generation, restarts, last_reload, listen, config_path, version."""
+        """pid, started_at, uptime_seconds, generation, restarts, last_reload, listen, config_path,
+        version."""
         ...
 
 

@@ -11,12 +11,13 @@ reader sees either the old content or the new, never a torn write. Temporary fil
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+from filelock import FileLock
 
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
@@ -65,13 +66,11 @@ def read_json(path: Path) -> object | None:
 
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created with mode 0600) for the duration of the block.
+    """Hold an exclusive lock on ``path`` (created with mode 0600) for the duration of the block.
 
     Serialises read-modify-write cycles between processes (for example an old and a new process recording
-    outcomes during a respawn). Blocks until the lock is free; the holders keep it for microseconds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    outcomes during a respawn). Blocks until the lock is free; the holders keep it for microseconds.
+    (The port lock does not use filelock: its release unlocks the whole open file description, which a
+    respawned child shares; see portlock.py.)"""
+    with FileLock(path, mode=STATE_FILE_MODE, thread_local=False):
         yield
-    finally:
-        os.close(fd)  # closing the only descriptor releases the flock
