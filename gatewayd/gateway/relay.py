@@ -201,6 +201,7 @@ class Relay:
                 if exchange.started:
                     return
                 last_error = error
+                exchange.backend = target.backend  # an error response names the backend it came from
                 if isinstance(error, UpstreamStatus) and error.status not in _RETRYABLE_STATUS:
                     raise
         assert last_error is not None
@@ -366,6 +367,7 @@ class Relay:
             if exchange.started:
                 await send({"type": "http.response.body", "body": complete, "more_body": True})
             else:
+                _check_first_events(complete, framing, exchange.backend)
                 await self._start_stream(exchange, send, framing, complete)
         if rest.strip():
             raise BadGateway(
@@ -442,6 +444,17 @@ def _decode(decoder: SSEDecoder | NDJSONDecoder, data: bytes, sse: bool) -> list
     except ValueError:
         raise BadGateway("backend sent a stream event that is not JSON") from None
     return events
+
+
+def _check_first_events(complete: bytes, framing: Framing, backend: str | None) -> None:
+    """Raise BadGateway unless the events that would start a relayed stream are JSON. Checked once, before
+    the client has seen a byte, so a backend answering garbage gets a 502 (or the next candidate) rather
+    than the client a stream it cannot parse; later events are relayed unparsed."""
+    sse = framing is Framing.SSE
+    try:
+        _decode(SSEDecoder() if sse else NDJSONDecoder(), complete, sse)
+    except BadGateway:
+        raise BadGateway(f"backend {backend} sent a stream event that is not JSON", backend=backend) from None
 
 
 def _scan_usage(complete: bytes, framing: Framing, usage: StreamTranslator) -> None:

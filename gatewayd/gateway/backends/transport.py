@@ -144,7 +144,11 @@ class Transport:
         abandoned and its connection closed."""
         assert self._session is not None, "Transport used outside its context"
         session = self._session
-        request_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_seconds)
+        # sock_read runs from the moment the request is sent until the response headers (the first byte);
+        # _stop_first_byte_bound then hands the body over to the idle bound of read() and chunks()
+        request_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect_seconds, sock_read=timeouts.first_byte_seconds
+        )
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(timeouts.connect_seconds + timeouts.first_byte_seconds):
@@ -156,10 +160,9 @@ class Transport:
                         timeout=request_timeout,
                         allow_redirects=False,
                     )
-            except TimeoutError:
+            except aiohttp.SocketTimeoutError:
                 raise BackendTimeout(
-                    f"backend {backend} did not answer within "
-                    f"{timeouts.connect_seconds + timeouts.first_byte_seconds:g} s",
+                    f"backend {backend} sent no response within {timeouts.first_byte_seconds:g} s",
                     backend=backend,
                 ) from None
             except aiohttp.ServerTimeoutError as error:
@@ -167,6 +170,12 @@ class Transport:
                     f"backend {backend}: connect timed out after {timeouts.connect_seconds:g} s",
                     backend=backend,
                 ) from error
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"backend {backend} did not answer within "
+                    f"{timeouts.connect_seconds + timeouts.first_byte_seconds:g} s",
+                    backend=backend,
+                ) from None
             except _STALE_CONNECTION_ERRORS as error:
                 if attempt == 1 and not isinstance(error, aiohttp.ClientConnectorError):
                     continue
@@ -177,8 +186,19 @@ class Transport:
                 ) from error
             except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as error:
                 raise _unavailable(error, backend) from error
+            _stop_first_byte_bound(response)
             return UpstreamResponse(response, timeouts, backend)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _stop_first_byte_bound(response: aiohttp.ClientResponse) -> None:
+    """The headers are in: stop aiohttp's read timer (sock_read, the first-byte bound) so that it does not
+    also cut the body, whose reads are bounded by ``idle_seconds`` instead."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is not None:
+        protocol.read_timeout = None
+        protocol.start_timeout()  # with no read timeout set, this only cancels the pending timer
 
 
 def _unavailable(error: BaseException, backend: str) -> BackendUnavailable:
