@@ -2,7 +2,7 @@
 
     run(factory, options)                    sync entry: lock, listener, event loop; returns the exit code
       RunLoop.main                           the task group everything below lives in
-        HttpServer.serve                     accepts for the whole life of the process (server.py)
+        HttpServer.serve                     accepts from the first generation's start to the stop (server.py)
         _pump_signals  -> commands           signal handlers only enqueue
         _dispatch_commands -> handle_<name>  one loop; handlers only change state or start tasks
         _lifecycle                           first generation, then one reload per "reload wanted" event
@@ -118,7 +118,10 @@ def run(factory: GenerationFactory, options: RunOptions) -> int:
                 generation=inheritance.generation if inheritance else 0,
                 restarts=inheritance.restarts if inheritance else 0,
             )
-            instance.write_record()
+            if inheritance is None:
+                # A respawned child leaves the parent's record alone until it serves (publish writes it):
+                # until then the parent is the instance, and the child may still be killed.
+                instance.write_record()
             loop = RunLoop(factory, options, config, instance, service_manager, inheritance)
             use_uvloop = options.use_uvloop and importlib.util.find_spec("uvloop") is not None
             return anyio.run(loop.main, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
@@ -185,7 +188,6 @@ class RunLoop:
             self._task_group = task_group
             with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
                 task_group.start_soon(self._pump_signals, signals)
-                await task_group.start(self.server.serve)
                 log.info(
                     "listening on http://%s (%s socket)",
                     self.instance.listener.address,
@@ -283,6 +285,10 @@ class RunLoop:
             self.exit(EXIT_FAILURE)
             return False
         self.publish(runner)
+        # Accepting starts only now: until then connections wait in the listen queue (or, during a respawn,
+        # are taken by the parent, which still serves) instead of being answered "starting".
+        assert self._task_group is not None
+        await self._task_group.start(self.server.serve)
         self.notifier.ready(self.status_line())
         log.info("serving generation %d on http://%s", number, self.instance.listener.address)
         if self._inheritance is not None:

@@ -34,6 +34,22 @@ from tests.support.supervisor_apps import write_config
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_READY_TIMEOUT_SECONDS = 20.0
 DEFAULT_EXIT_TIMEOUT_SECONDS = 30.0
+_NOT_INHERITED = frozenset(
+    {
+        "GATEWAYD_INHERIT",
+        "GATEWAYD_SUPERVISOR",
+        "GATEWAYD_STATE_DIR",
+        "GATEWAYD_CONFIG",
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "SYSTEMD_EXEC_PID",
+        "XPC_SERVICE_NAME",
+    }
+)
 
 
 def free_port() -> int:
@@ -74,10 +90,9 @@ class GatewaydProcess:
         self.state_dir = state_dir
         self.log_path = log_path
         self.config_path = config_path
-        self.env = {**os.environ, **(env or {})}
-        for name in ("GATEWAYD_INHERIT", "LISTEN_PID", "LISTEN_FDS", "NOTIFY_SOCKET", "GATEWAYD_SUPERVISOR"):
-            self.env.pop(name, None)
-        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        # nothing from the test runner's own environment may make the instance think it is supervised
+        inherited = {name: value for name, value in os.environ.items() if name not in _NOT_INHERITED}
+        self.env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.pgid: int | None = None
 

@@ -14,6 +14,7 @@ The generations it builds know nothing about LLMs; they serve just enough to obs
     GET /hang                        never answers (cancellable)
     GET /hang?shield=1               never answers and ignores cancellation
     GET /wedge                       blocks the event loop (time.sleep) for an hour
+    GET /wedge?on_drain=1            the same, once the generation is marked draining (a stop began)
 
 Knobs, read from the config so that a test can make one *reload* misbehave while the first start is fine
 (the first backend's id is the "marker"; an id may be any string):
@@ -50,6 +51,7 @@ from gatewayd.errors import GatewaydError
 from gatewayd.supervisor.contract import InstanceInfo, Receive, Scope, Send
 from gatewayd.supervisor.diagnostics import EventRing
 from gatewayd.supervisor.runloop import RunOptions, run
+from gatewayd.supervisor.service import detect_service_manager
 
 CHILD_KNOB_ENV = "GATEWAYD_TEST_CHILD"
 
@@ -104,6 +106,8 @@ class TestGeneration:
                     await anyio.sleep_forever()
             await anyio.sleep_forever()
         elif path == "/wedge":
+            while query.get("on_drain") and not self.draining:
+                await anyio.sleep(0.01)
             time.sleep(3600)  # noqa: ASYNC251 - the point: a wedged event loop
         else:
             await _json(send, 404, {"error": "not found"})
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         respawn_command=(sys.executable, "-m", "tests.support.supervisor_apps", *sys.argv[1:]),
         use_uvloop=not args.no_uvloop,
         events=events,
+        service_manager=detect_service_manager(os.environ, os.getpid()),
     )
     try:
         return run(factory, options)

@@ -1,0 +1,120 @@
+"""``gatewayd run``, ``restart``, ``stop`` and ``status`` as a user runs them, against real instances."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.process import REPO_ROOT, GatewaydProcess, free_port, process_alive
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, state_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd", *args, "--state-dir", str(state_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
+def test_every_command_says_clearly_when_nothing_runs(tmp_path: Path) -> None:
+    for command in (["status"], ["status", "--json"], ["stop"], ["restart"], ["restart", "--port", "9"]):
+        result = cli(*command, state_dir=tmp_path / "state")
+        assert result.returncode == 3, (command, result)
+        assert "not running" in result.stderr
+        assert "gatewayd run" in result.stderr
+
+
+def test_the_real_gatewayd_run_reports_status_reloads_and_stops(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("discovery:\n  enabled: false\n")
+    with GatewaydProcess.gatewayd(tmp_path, config) as gw:
+        gw.wait_ready()
+        status = cli("status", "--json", state_dir=gw.state_dir)
+        assert status.returncode == 0, status
+        report = json.loads(status.stdout)
+        assert report["pid"] == gw.pid
+        assert report["live"] is True
+        assert report["generation"] == 1
+        assert report["listen"] == f"127.0.0.1:{gw.port}"
+        assert report["config_path"] == str(config)
+        assert report["last_reload"] is None
+        assert report["backends_total"] == 0
+
+        restart = cli("restart", state_dir=gw.state_dir)
+        assert restart.returncode == 0, restart
+        assert "reloaded" in restart.stdout
+        table = cli("status", state_dir=gw.state_dir)
+        assert table.returncode == 0, table
+        assert str(gw.pid) in table.stdout
+        assert "ok at" in table.stdout  # the last reload
+        assert json.loads(cli("status", "--json", state_dir=gw.state_dir).stdout)["generation"] == 2
+
+        stop = cli("stop", state_dir=gw.state_dir)
+        assert stop.returncode == 0, stop
+        assert f"stopped gatewayd (pid {gw.pid}" in stop.stdout
+        assert not process_alive(gw.pid)
+        assert gw.wait_exit() == 0
+
+
+def test_status_degrades_to_the_lock_record_when_the_instance_does_not_answer_status(tmp_path: Path) -> None:
+    with GatewaydProcess.test_app(tmp_path) as gw:
+        gw.wait_ready()
+        gw.signal(19)  # SIGSTOP: alive, holds the lock, answers nothing
+        try:
+            result = cli("status", "--json", state_dir=gw.state_dir)
+        finally:
+            gw.signal(18)  # SIGCONT
+        assert result.returncode == 0, result
+        report = json.loads(result.stdout)
+        assert report["live"] is False
+        assert report["pid"] == gw.pid
+        assert report["in_flight"] is None
+        assert gw.stop() == 0
+
+
+def test_with_several_instances_port_picks_one(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with (
+        GatewaydProcess.test_app(tmp_path, marker="a", state_dir=state, name="a") as a,
+        GatewaydProcess.test_app(tmp_path, marker="b", state_dir=state, name="b") as b,
+    ):
+        a.wait_ready()
+        b.wait_ready()
+        ambiguous = cli("status", state_dir=state)
+        assert ambiguous.returncode == 1
+        assert "several gatewayd instances" in ambiguous.stderr
+        assert "--port" in ambiguous.stderr
+        picked = json.loads(cli("status", "--json", "--port", str(b.port), state_dir=state).stdout)
+        assert picked["pid"] == b.pid
+        assert cli("stop", "--port", str(a.port), state_dir=state).returncode == 0
+        assert a.wait_exit() == 0
+        assert b.get("/healthz").status_code == 200
+        # one left: no --port needed
+        assert json.loads(cli("status", "--json", state_dir=state).stdout)["pid"] == b.pid
+        assert b.stop() == 0
+
+
+def test_under_systemd_a_second_run_exits_78(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("discovery:\n  enabled: false\n")
+    port = free_port()
+    with GatewaydProcess.gatewayd(tmp_path, config, port=port, name="first") as first:
+        first.wait_ready()
+        with GatewaydProcess.gatewayd(
+            tmp_path, config, port=port, env={"GATEWAYD_SUPERVISOR": "systemd"}, name="second"
+        ) as second:
+            assert second.wait_exit(20) == 78
+            assert f"pid {first.pid}" in second.logs()
+        with GatewaydProcess.gatewayd(tmp_path, config, port=port, name="third") as third:
+            assert third.wait_exit(20) == 1
+        assert first.stop() == 0

@@ -1,0 +1,198 @@
+"""In-process reloads of a real run loop (the supervisor test app in a subprocess), with real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gatewayd.supervisor.sentinel import last_outcome, outcome_history
+from tests.support.load import HttpLoad
+from tests.support.process import REPO_ROOT, GatewaydProcess, wait_for
+from tests.support.supervisor_apps import write_config
+
+pytestmark = pytest.mark.slow
+
+
+def rewrite(gw: GatewaydProcess, marker: str, extra: str = "") -> None:
+    assert gw.config_path is not None
+    write_config(gw.config_path, marker=marker, port=gw.port, extra=extra)
+
+
+def marker(gw: GatewaydProcess) -> str:
+    return str(gw.get("/config").json()["marker"])
+
+
+def reload_and_wait(gw: GatewaydProcess, *, outcomes_before: int) -> None:
+    gw.signal(signal.SIGUSR1)
+    wait_for(
+        lambda: len(outcome_history(gw.state_dir, gw.port)) > outcomes_before,
+        timeout=10,
+        what="a reload outcome",
+    )
+
+
+def gatewayd_cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd", *args, "--state-dir", str(state_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_reloads_under_load_fail_nothing_and_apply_the_new_config(tmp_path: Path) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="v0") as gw:
+        gw.wait_ready()
+        with HttpLoad(gw.url("/config"), keepalive_clients=6, fresh_clients=6) as load:
+            load.wait_for_requests(50)
+            for index in range(1, 6):
+                rewrite(gw, f"v{index}")
+                signalled = time.monotonic()
+                gw.signal(signal.SIGUSR1)
+                wait_for(lambda index=index: marker(gw) == f"v{index}", timeout=5, what=f"config v{index}")
+                assert time.monotonic() - signalled < 1.0
+                load.wait_for_requests(30)
+        load.result.assert_clean(minimum=200)
+        history = outcome_history(gw.state_dir, gw.port)
+        assert [outcome.outcome for outcome in history] == ["ok"] * 5
+        assert gw.get("/config").json()["generation"] == 6
+        record = gw.record()
+        assert record is not None
+        assert record.generation == 6
+        assert gw.stop() == 0
+
+
+def test_a_stream_started_before_a_reload_completes_with_all_its_chunks(tmp_path: Path) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="old") as gw:
+        gw.wait_ready()
+        lines: list[str] = []
+        headers: dict[str, str] = {}
+
+        def stream() -> None:
+            with (
+                httpx.Client(timeout=30) as client,
+                client.stream("GET", gw.url("/stream?chunks=15&delay=0.1")) as r,
+            ):
+                headers.update(r.headers)
+                lines.extend(r.iter_lines())
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        wait_for(lambda: headers, timeout=5, what="the stream to start")
+        rewrite(gw, "new")
+        gw.signal(signal.SIGUSR1)
+        wait_for(lambda: marker(gw) == "new", timeout=5, what="the new config")
+        reader.join(30)
+        assert headers["x-generation"] == "1"
+        assert lines == [f"chunk {index}" for index in range(15)] + ["done"]
+        assert gw.stop() == 0
+
+
+def test_an_invalid_config_is_rejected_and_the_old_one_keeps_serving(tmp_path: Path) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="good") as gw:
+        gw.wait_ready()
+        assert gw.config_path is not None
+        gw.config_path.write_text(f"server:\n  port: {gw.port}\n  max_body_bytez: 3\nbackends: nope\n")
+        result = gatewayd_cli("restart", "--port", str(gw.port), state_dir=gw.state_dir)
+        assert result.returncode == 1, result
+        assert "config rejected" in result.stderr
+        assert "max_body_bytez" in result.stderr
+        assert marker(gw) == "good"
+        outcome = last_outcome(gw.state_dir, gw.port)
+        assert outcome is not None
+        assert outcome.outcome == "rejected"
+        assert any("max_body_bytez" in error for error in outcome.errors)
+        assert "max_body_bytez" in gw.logs()
+        # the loop is not stuck: a valid config reloads next time
+        rewrite(gw, "fixed")
+        result = gatewayd_cli("restart", "--port", str(gw.port), state_dir=gw.state_dir)
+        assert result.returncode == 0, result
+        assert "reloaded" in result.stdout
+        assert marker(gw) == "fixed"
+        assert gw.stop() == 0
+
+
+def test_a_generation_that_fails_to_start_leaves_the_old_one_serving_and_reloads_go_on(
+    tmp_path: Path,
+) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="good") as gw:
+        gw.wait_ready()
+        rewrite(gw, "fail-start")
+        reload_and_wait(gw, outcomes_before=0)
+        outcome = last_outcome(gw.state_dir, gw.port)
+        assert outcome is not None
+        assert outcome.outcome == "error"
+        assert "refuses to start" in outcome.message
+        assert marker(gw) == "good"
+        bundles = list((gw.state_dir / "diagnostics").glob("bundle-*reload-failed*.json"))
+        assert bundles, "a failed reload writes a diagnostic bundle"
+        assert "refuses to start" in bundles[0].read_text()
+        rewrite(gw, "after")
+        reload_and_wait(gw, outcomes_before=1)
+        assert marker(gw) == "after"
+        assert gw.stop() == 0
+
+
+def test_twenty_reload_signals_in_a_second_are_coalesced(tmp_path: Path) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="start-delay-0.2") as gw:
+        gw.wait_ready()
+        rewrite(gw, "start-delay-0.2", extra="  - id: burst\n    url: http://127.0.0.1:9\n")
+        for _ in range(20):
+            gw.signal(signal.SIGUSR1)
+            time.sleep(0.05)
+        gw.wait_log("coalesced")
+        # quiet for a while: every pending reload has run
+        wait_for(
+            lambda: "reload (" in gw.logs() and _settled(gw),
+            timeout=20,
+            what="the reloads to settle",
+        )
+        reloads = len(outcome_history(gw.state_dir, gw.port))
+        assert 1 <= reloads < 20
+        assert all(outcome.outcome == "ok" for outcome in outcome_history(gw.state_dir, gw.port))
+        assert gw.get("/healthz").status_code == 200
+        rewrite(gw, "later")
+        reload_and_wait(gw, outcomes_before=reloads)
+        assert marker(gw) == "later"
+        assert gw.stop() == 0
+
+
+def _settled(gw: GatewaydProcess) -> bool:
+    before = len(outcome_history(gw.state_dir, gw.port))
+    time.sleep(0.6)
+    return len(outcome_history(gw.state_dir, gw.port)) == before and gw.logs().count("reload (") == before
+
+
+def test_a_reload_requested_during_startup_runs_after_startup(tmp_path: Path) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="start-delay-1.5") as gw:
+        wait_for(lambda: "listening on" in gw.logs(), timeout=10, what="the listener")
+        rewrite(gw, "second")
+        gw.signal(signal.SIGUSR1)
+        gw.wait_ready()
+        wait_for(lambda: marker(gw) == "second", timeout=10, what="the reload after startup")
+        assert gw.get("/config").json()["generation"] == 2
+        assert gw.stop() == 0
+
+
+def test_sighup_reloads_too_and_a_listen_change_is_warned_about(tmp_path: Path) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="v1") as gw:
+        gw.wait_ready()
+        assert gw.config_path is not None
+        gw.config_path.write_text(
+            f"server:\n  host: 127.0.0.1\n  port: {gw.port + 1}\nbackends:\n  - id: v2\n    url: http://127.0.0.1:9\n"
+        )
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: marker(gw) == "v2", timeout=5, what="the SIGHUP reload")
+        assert "a reload keeps the listening socket" in gw.logs()
+        assert json.loads(gw.get("/status").text)["instance"]["listen"] == f"127.0.0.1:{gw.port}"
+        assert gw.stop() == 0
