@@ -35,6 +35,8 @@ log = logging.getLogger("gatewayd.supervisor")
 INHERIT_ENV = "GATEWAYD_INHERIT"
 #: after SIGTERM, an unhealthy child gets this long to exit before SIGKILL
 CHILD_STOP_GRACE_SECONDS = 3.0
+#: after the ready pipe hits EOF, how long to wait for the child's exit status (for the message)
+CHILD_EXIT_REPORT_SECONDS = 1.0
 #: the ready line is short; anything longer is garbage
 READY_LINE_MAX_BYTES = 64
 _POLL_SECONDS = 0.02
@@ -155,12 +157,18 @@ async def spawn_ready_child(
             if line == f"ready {child.pid}":
                 ready = True
                 return child
-            code = child.poll()
-            if not line and code is not None:
+            if line:
+                raise ReloadError(f"restart-unhealthy: child pid {child.pid} sent {line!r} instead of ready")
+            # EOF: the child closed the pipe, most likely by exiting; its exit status follows shortly
+            with anyio.move_on_after(CHILD_EXIT_REPORT_SECONDS):
+                while child.poll() is None:
+                    await anyio.sleep(_POLL_SECONDS)
+            code = child.returncode
+            if code is not None:
                 raise ReloadError(
                     f"restart-unhealthy: child pid {child.pid} exited with code {code} before ready"
                 )
-            raise ReloadError(f"restart-unhealthy: child pid {child.pid} sent {line!r} instead of ready")
+            raise ReloadError(f"restart-unhealthy: child pid {child.pid} closed the ready pipe without ready")
         raise ReloadError(
             f"restart-unhealthy: child pid {child.pid} was not ready within {timeout_seconds:g}s"
         )
