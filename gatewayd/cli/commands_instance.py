@@ -39,8 +39,6 @@ from gatewayd.errors import (
     InstanceError,
     NotRunning,
 )
-from gatewayd.gateway.service import GatewayFactory
-from gatewayd.supervisor import runloop
 from gatewayd.supervisor.diagnostics import EventRing
 from gatewayd.supervisor.portlock import LockRecord, holder_alive, read_record, running_instances
 from gatewayd.supervisor.sentinel import (
@@ -86,6 +84,11 @@ _port_option = click.option(
 @_state_dir_option
 def run(config_path: str | None, host: str | None, port: int | None, state_dir: str | None) -> None:
     """Run the gateway in the foreground until SIGTERM or Ctrl-C; SIGUSR1 (or SIGHUP) reloads."""
+    # Imported here: the gateway and the run loop take most of a second to import, which the other
+    # commands (status, stop, restart) must not pay.
+    from gatewayd.gateway.service import GatewayFactory
+    from gatewayd.supervisor import runloop
+
     environ = os.environ
     path = resolve_config_path(config_path, environ)
     state = resolve_state_dir(state_dir, environ)
