@@ -50,8 +50,11 @@ def gatewayd_cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str
     )
 
 
-def test_reloads_under_load_fail_nothing_and_apply_the_new_config(tmp_path: Path) -> None:
-    with GatewaydProcess.test_app(tmp_path, marker="v0") as gw:
+@pytest.mark.parametrize("loop_args", [(), ("--no-uvloop",)], ids=["uvloop", "asyncio"])
+def test_reloads_under_load_fail_nothing_and_apply_the_new_config(
+    tmp_path: Path, loop_args: tuple[str, ...]
+) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="v0", args=loop_args) as gw:
         gw.wait_ready()
         with HttpLoad(gw.url("/config"), keepalive_clients=6, fresh_clients=6) as load:
             load.wait_for_requests(50)
@@ -195,4 +198,34 @@ def test_sighup_reloads_too_and_a_listen_change_is_warned_about(tmp_path: Path) 
         wait_for(lambda: marker(gw) == "v2", timeout=5, what="the SIGHUP reload")
         assert "a reload keeps the listening socket" in gw.logs()
         assert json.loads(gw.get("/status").text)["instance"]["listen"] == f"127.0.0.1:{gw.port}"
+        assert gw.stop() == 0
+
+
+def test_an_exception_anywhere_in_a_reload_is_recorded_and_the_next_reload_works(tmp_path: Path) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="good") as gw:
+        gw.wait_ready()
+        assert gw.config_path is not None
+        gw.config_path.write_text(gw.config_path.read_text() + "# crash-load\n")
+        reload_and_wait(gw, outcomes_before=0)
+        outcome = last_outcome(gw.state_dir, gw.port)
+        assert outcome is not None
+        assert outcome.outcome == "error"
+        assert "load_config crashed" in outcome.message
+        assert marker(gw) == "good"
+        rewrite(gw, "next")
+        reload_and_wait(gw, outcomes_before=1)
+        assert marker(gw) == "next"
+        assert gw.stop() == 0
+
+
+def test_a_serving_generation_that_dies_is_replaced_from_the_same_config(tmp_path: Path) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="same") as gw:
+        gw.wait_ready()
+        assert gw.get("/crash").status_code == 200
+        wait_for(lambda: gw.get("/config").json()["generation"] == 2, timeout=10, what="the replacement")
+        assert marker(gw) == "same"
+        logs = gw.logs()
+        assert "generation 1 failed" in logs
+        assert "crashed (/crash)" in logs
+        assert list((gw.state_dir / "diagnostics").glob("bundle-*generation-failed*.json"))
         assert gw.stop() == 0

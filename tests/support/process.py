@@ -109,8 +109,10 @@ class GatewaydProcess:
         env: Mapping[str, str] | None = None,
         state_dir: Path | None = None,
         name: str = "gw",
+        args: Sequence[str] = (),
     ) -> GatewaydProcess:
-        """The run loop with the supervisor test factory (tests/support/supervisor_apps.py)."""
+        """The run loop with the supervisor test factory (tests/support/supervisor_apps.py); ``args`` are
+        added to its command line (e.g. ``--no-uvloop``)."""
         port = port or free_port()
         state_dir = state_dir or tmp_path / "state"
         config_path = write_config(
@@ -125,6 +127,7 @@ class GatewaydProcess:
             str(config_path),
             "--state-dir",
             str(state_dir),
+            *args,
         ]
         return cls(
             command,

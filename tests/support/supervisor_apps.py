@@ -15,6 +15,7 @@ The generations it builds know nothing about LLMs; they serve just enough to obs
     GET /hang?shield=1               never answers and ignores cancellation
     GET /wedge                       blocks the event loop (time.sleep) for an hour
     GET /wedge?on_drain=1            the same, once the generation is marked draining (a stop began)
+    GET /crash                       a background task of the generation fails (the generation dies)
 
 Knobs, read from the config so that a test can make one *reload* misbehave while the first start is fine
 (the first backend's id is the "marker"; an id may be any string):
@@ -22,6 +23,7 @@ Knobs, read from the config so that a test can make one *reload* misbehave while
     a backend id "fail-start"        the generation's start raises
     a backend id "hang-start"        the generation's start never finishes
     a backend id "start-delay-S"     the generation's start takes S seconds
+    a line "# crash-load"            load_config raises RuntimeError (not a ConfigError)
 
 and from the environment, for a respawned child only (the variable is set by the test; the child sees
 GATEWAYD_INHERIT at startup):
@@ -66,6 +68,7 @@ class TestGeneration:
         self.draining = False
         self.in_flight = 0
         self._streams_end = anyio.Event()
+        self.crash = anyio.Event()
 
     @property
     def marker(self) -> str | None:
@@ -105,6 +108,9 @@ class TestGeneration:
                 with anyio.CancelScope(shield=True):
                     await anyio.sleep_forever()
             await anyio.sleep_forever()
+        elif path == "/crash":
+            self.crash.set()
+            await _json(send, 200, {"crashing": self.number})
         elif path == "/wedge":
             while query.get("on_drain") and not self.draining:
                 await anyio.sleep(0.01)
@@ -157,6 +163,8 @@ class TestFactory:
         self._child_knob = child_knob
 
     def load_config(self, path: str | None) -> Config:
+        if path and "# crash-load" in Path(path).read_text():
+            raise RuntimeError("load_config crashed (crash-load)")
         loaded = load(Path(path) if path else None, environ=os.environ)
         return apply_listen_overrides(loaded.config, host=None, port=self._port)
 
@@ -174,7 +182,16 @@ class TestFactory:
         for backend_id in ids:
             if backend_id.startswith("start-delay-"):
                 await anyio.sleep(float(backend_id.removeprefix("start-delay-")))
-        yield TestGeneration(config, number, instance)
+        generation = TestGeneration(config, number, instance)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_crash_when_asked, generation)
+            yield generation
+            tg.cancel_scope.cancel()
+
+
+async def _crash_when_asked(generation: TestGeneration) -> None:
+    await generation.crash.wait()
+    raise RuntimeError(f"generation {generation.number} crashed (/crash)")
 
 
 def write_config(path: Path, *, marker: str, port: int, extra: str = "") -> Path:
@@ -193,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--config", required=True)
     run_parser.add_argument("--state-dir", required=True)
     run_parser.add_argument("--port", type=int)
-    run_parser.add_argument("--no-uvloop", action="store_true")
+    run_parser.add_argument("--no-uvloop", action="store_true", help="run on the stock asyncio loop")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s [{os.getpid()}] %(levelname)s %(message)s"
