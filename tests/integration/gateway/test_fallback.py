@@ -28,8 +28,8 @@ def backend(backend_id: str, fake: FakeBackend) -> Backend:
 
 
 def chat(gw: RunningGateway, **headers: str) -> httpx.Response:
-    return httpx.post(gw.openai_url + "/chat/completions", json={"model": MODEL, "messages": MESSAGES},
-                      headers=headers)  # fmt: skip
+    body = {"model": MODEL, "messages": MESSAGES}
+    return httpx.post(gw.openai_url + "/chat/completions", json=body, headers=headers)
 
 
 def openai_client(gw: RunningGateway) -> openai.OpenAI:
