@@ -12,6 +12,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gatewayd.config import Backend, BackendKind, Config, Limits
 from tests.support.fake_backend import FakeBackend
@@ -21,7 +22,7 @@ from tests.support.gateway import RunningGateway
 
 GatewayFactory = Callable[[Config], RunningGateway]
 MODEL = "m"
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 CHAT_BODY = {"model": MODEL, "messages": MESSAGES, "stream": False}
 RETRY_AFTER_SECONDS = 3.0
 WAIT_SECONDS = 5.0
@@ -92,7 +93,7 @@ def test_a_full_queue_is_a_429_with_retry_after_for_openai_clients(
         openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client,
         pytest.raises(openai.RateLimitError) as caught,
     ):
-        client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)
 
     assert caught.value.status_code == 429
     assert caught.value.code == "gateway_overloaded"

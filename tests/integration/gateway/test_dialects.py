@@ -15,6 +15,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gatewayd.config import Backend, BackendKind, Config, Route, RouteTarget
 from tests.support.fake_backend import FakeBackend, running_fake_backend
@@ -84,7 +85,7 @@ def oll(gw: RunningGateway) -> Iterator[ollama.Client]:
         yield client
 
 
-def user(text: str = PROMPT) -> list[dict[str, str]]:
+def user(text: str = PROMPT) -> list[ChatCompletionMessageParam]:
     return [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
 
 
@@ -93,7 +94,7 @@ def user(text: str = PROMPT) -> list[dict[str, str]]:
 
 @both_backends
 def test_openai_chat(oai: openai.OpenAI, model: str) -> None:
-    raw = oai.chat.completions.with_raw_response.create(model=model, messages=user())  # type: ignore[arg-type]
+    raw = oai.chat.completions.with_raw_response.create(model=model, messages=user())
     completion = raw.parse()
     assert raw.headers["x-gatewayd-backend"] == BACKEND_OF[model]
     assert raw.headers["x-request-id"]
@@ -109,7 +110,7 @@ def test_openai_chat(oai: openai.OpenAI, model: str) -> None:
 def test_openai_chat_stream_with_usage(oai: openai.OpenAI, model: str) -> None:
     stream = oai.chat.completions.create(
         model=model,
-        messages=user(),  # type: ignore[arg-type]
+        messages=user(),
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -129,7 +130,7 @@ def test_openai_chat_stream_with_usage(oai: openai.OpenAI, model: str) -> None:
 
 @both_backends
 def test_openai_chat_stream_without_usage_sends_no_usage_chunk(oai: openai.OpenAI, model: str) -> None:
-    chunks = list(oai.chat.completions.create(model=model, messages=user(), stream=True))  # type: ignore[arg-type]
+    chunks = list(oai.chat.completions.create(model=model, messages=user(), stream=True))
     assert all(c.usage is None and c.choices for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply_text(PROMPT)
 
@@ -227,7 +228,7 @@ def test_ollama_generate(oll: ollama.Client, model: str) -> None:
 @both_backends
 def test_ollama_generate_stream(oll: ollama.Client, model: str) -> None:
     parts = list(oll.generate(model=model, prompt="why is the sky blue", stream=True))
-    assert "".join(p.response for p in parts) == reply_text("why is the sky blue")
+    assert "".join(p.response or "" for p in parts) == reply_text("why is the sky blue")
     assert parts[-1].done is True
     assert parts[-1].eval_count == CHUNKS
 
@@ -260,7 +261,7 @@ def test_a_route_alias_reaches_the_backend_under_its_own_name(
     backend_model = OPENAI_MODEL if fake is setup.oa else OLLAMA_MODEL
     chat_path = OPENAI_CHAT if fake is setup.oa else OLLAMA_CHAT
 
-    completion = oai.chat.completions.create(model=alias, messages=user())  # type: ignore[arg-type]
+    completion = oai.chat.completions.create(model=alias, messages=user())
     assert completion.choices[0].message.content == reply_text(PROMPT)
     assert fake.stats().last_body[chat_path]["model"] == backend_model
 
@@ -272,7 +273,7 @@ def test_a_route_alias_reaches_the_backend_under_its_own_name(
 def test_a_translated_answer_names_the_model_the_client_asked_for(
     oai: openai.OpenAI, oll: ollama.Client
 ) -> None:
-    assert oai.chat.completions.create(model="alias-ol", messages=user()).model == "alias-ol"  # type: ignore[arg-type]
+    assert oai.chat.completions.create(model="alias-ol", messages=user()).model == "alias-ol"
     assert oll.chat(model="alias-oa", messages=user()).model == "alias-oa"
     streamed = list(oll.chat(model="alias-oa", messages=user(), stream=True))
     assert {p.model for p in streamed} == {"alias-oa"}
@@ -286,7 +287,7 @@ def test_a_translated_answer_names_the_model_the_client_asked_for(
 def test_a_same_dialect_answer_names_the_alias_the_client_asked_for(
     oai: openai.OpenAI, oll: ollama.Client
 ) -> None:
-    assert oai.chat.completions.create(model="alias-oa", messages=user()).model == "alias-oa"  # type: ignore[arg-type]
+    assert oai.chat.completions.create(model="alias-oa", messages=user()).model == "alias-oa"
     assert oll.chat(model="alias-ol", messages=user()).model == "alias-ol"
 
 
@@ -344,3 +345,20 @@ def test_a_request_id_is_made_up_when_the_client_sends_none(gw: RunningGateway) 
     }
     assert len(ids) == 2
     assert all(len(request_id) >= 8 for request_id in ids)
+
+
+def test_same_dialect_requests_reach_the_backend_with_every_field_intact(
+    gw: RunningGateway, setup: Setup
+) -> None:
+    body = {
+        "model": OPENAI_MODEL,
+        "messages": user(),
+        "temperature": 0.25,
+        "vendor_extension": {"keep": ["me", 1]},
+    }
+    assert httpx.post(gw.openai_url + "/chat/completions", json=body).status_code == 200
+    assert setup.oa.stats().last_body[OPENAI_CHAT] == body
+
+    ollama_body = {"model": OLLAMA_MODEL, "messages": user(), "stream": False, "options": {"top_k": 7}}
+    assert httpx.post(gw.url + OLLAMA_CHAT, json=ollama_body).status_code == 200
+    assert setup.ol.stats().last_body[OLLAMA_CHAT] == ollama_body

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import httpx
 import ollama
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from gatewayd.config import Backend, BackendKind, Config, DiscoverySettings, HealthSettings
 from tests.support.fake_backend import FakeBackend
@@ -17,7 +18,7 @@ from tests.support.fixtures import FakeBackendFactory
 from tests.support.gateway import RunningGateway
 
 GatewayFactory = Callable[[Config], RunningGateway]
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 WAIT_SECONDS = 5.0
 #: probe loops in these tests never run a second round on their own
 NO_REPROBE = HealthSettings(probe_interval_idle_seconds=60.0, probe_interval_busy_seconds=60.0)
@@ -50,7 +51,7 @@ def test_discovery_finds_a_running_server_and_serves_its_models(
 
     assert sorted(listed_models(gw)) == ["llama3:latest", "qwen"]
     with openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client:
-        raw = client.chat.completions.with_raw_response.create(model="llama3", messages=MESSAGES)  # type: ignore[arg-type]
+        raw = client.chat.completions.with_raw_response.create(model="llama3", messages=MESSAGES)
     assert raw.parse().choices[0].message.content == reply_text("hello")
     assert raw.headers["x-gatewayd-backend"] == f"ollama-{fake.port}"
     assert fake.stats().last_body["/api/chat"]["model"] == "llama3:latest"

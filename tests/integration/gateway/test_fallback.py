@@ -10,6 +10,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gatewayd.config import Backend, BackendKind, Config, Limits
 from tests.support.fake_backend import FakeBackend
@@ -19,7 +20,7 @@ from tests.support.gateway import RunningGateway
 
 GatewayFactory = Callable[[Config], RunningGateway]
 MODEL = "m"
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 CHAT = "/v1/chat/completions"
 
 
@@ -60,7 +61,7 @@ def test_a_retryable_status_before_the_first_byte_falls_back(
     gw = gateway_factory(Config(backends=(backend("a", first), backend("b", second))))
 
     with openai_client(gw) as client:
-        raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
 
     assert raw.parse().choices[0].message.content == reply_text("hello")
     assert raw.headers["x-gatewayd-backend"] == "b"
@@ -77,7 +78,7 @@ def test_a_stream_falls_back_before_its_first_byte(
     gw = gateway_factory(Config(backends=(backend("a", first), backend("b", second))))
 
     with openai_client(gw) as client:
-        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
 
     assert text == reply_text("hello")
@@ -108,7 +109,7 @@ def test_a_400_from_the_backend_is_passed_on_to_an_openai_client_and_not_retried
     gw = gateway_factory(Config(backends=(backend("a", first), backend("b", second))))
 
     with openai_client(gw) as client, pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)
 
     assert caught.value.status_code == 400
     assert caught.value.body == {

@@ -13,7 +13,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from gatewayd.config import Backend, BackendKind, Config, Timeouts
 from tests.support.fake_backend import FakeBackend
@@ -22,7 +22,7 @@ from tests.support.fixtures import FakeBackendFactory
 from tests.support.gateway import RunningGateway
 
 GatewayFactory = Callable[[Config], RunningGateway]
-MESSAGES = [{"role": "user", "content": "hello there"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 REPLY = reply_text("hello there")
 #: a timeout under test is this small; the fake is scripted to be much slower
 SHORT_SECONDS = 0.3
@@ -79,7 +79,7 @@ def test_garbage_is_a_502_for_an_openai_client(
     gw = gateway_factory(Config(backends=(backend("a", fake, "m"),)))
 
     with openai_client(gw) as client, pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="m", messages=MESSAGES)
 
     assert caught.value.status_code == 502
     assert isinstance(caught.value.body, dict)
@@ -125,7 +125,7 @@ def test_a_garbage_stream_relayed_in_its_own_dialect_is_a_502(
     gw = gateway_factory(Config(backends=(backend("a", fake, "m"),)))
 
     with openai_client(gw) as client, pytest.raises(openai.APIStatusError) as caught:
-        list(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))  # type: ignore[arg-type]
+        list(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))
 
     assert caught.value.status_code == 502
     assert "not JSON" in caught.value.message
@@ -143,10 +143,10 @@ def test_death_mid_stream_raises_api_error_in_the_openai_client_and_spares_other
     gw = gateway_factory(Config(backends=(backend("a", dying, "dying"), backend("b", healthy, "healthy"))))
 
     with openai_client(gw) as client:
-        other = client.chat.completions.create(model="healthy", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        other = client.chat.completions.create(model="healthy", messages=MESSAGES, stream=True)
         other_iterator = iter(other)
         other_chunks = [next(other_iterator)]  # the healthy stream is under way
-        broken = client.chat.completions.create(model="dying", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        broken = client.chat.completions.create(model="dying", messages=MESSAGES, stream=True)
         received: list[str] = []
         with pytest.raises(openai.APIError) as caught:
             openai_stream(broken, into=received)
@@ -227,7 +227,7 @@ def test_the_first_byte_timeout_does_not_bound_the_gaps_of_a_started_stream(
     gw = gateway_factory(Config(backends=(backend("a", paced, "m", timeouts),)))
 
     with openai_client(gw) as client:
-        stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
 
     assert text == REPLY
@@ -258,7 +258,7 @@ def test_the_idle_timeout_ends_a_stalled_stream_with_an_error(
 
     started = time.monotonic()
     with openai_client(gw) as client, pytest.raises(openai.APIError) as caught:
-        list(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))  # type: ignore[arg-type]
+        list(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))
 
     assert time.monotonic() - started < CUT_WITHIN_SECONDS
     assert f"went silent for {SHORT_SECONDS:g} s mid-stream" in caught.value.message

@@ -26,12 +26,8 @@ def backend(backend_id: str, fake: FakeBackend) -> Backend:
     return Backend(id=backend_id, url=fake.url, kind=BackendKind(fake.kind.value), models=(MODEL,))
 
 
-def health(**settings: float) -> HealthSettings:
-    return HealthSettings(**settings)  # type: ignore[arg-type]
-
-
 def state(gw: RunningGateway, backend_id: str) -> BackendState:
-    return gw.call(lambda: gw.generation.pool.runtimes[backend_id].health.state)  # type: ignore[no-any-return]
+    return gw.call(lambda: gw.generation.pool.runtimes[backend_id].health.state)
 
 
 def wait_for_state(gw: RunningGateway, backend_id: str, wanted: BackendState) -> None:
@@ -55,7 +51,7 @@ def test_consecutive_request_failures_put_a_backend_down_and_it_is_skipped(
 ) -> None:
     failing = fake_backend_factory(models=(MODEL,), fail_status=500)
     healthy = fake_backend_factory(models=(MODEL,))
-    settings = health(failure_threshold=2, cooldown_seconds=60.0)
+    settings = HealthSettings(failure_threshold=2, cooldown_seconds=60.0)
     gw = gateway_factory(Config(backends=(backend("a", failing), backend("b", healthy)), health=settings))
 
     first, second = chat(gw), chat(gw)
@@ -76,7 +72,9 @@ def test_client_errors_do_not_count_against_a_backend(
     fake_backend_factory: FakeBackendFactory, gateway_factory: GatewayFactory
 ) -> None:
     rejecting = fake_backend_factory(models=(MODEL,), fail_status=400)
-    gw = gateway_factory(Config(backends=(backend("a", rejecting),), health=health(failure_threshold=2)))
+    gw = gateway_factory(
+        Config(backends=(backend("a", rejecting),), health=HealthSettings(failure_threshold=2))
+    )
 
     assert [chat(gw).status_code for _ in range(3)] == [400, 400, 400]
     assert state(gw, "a") is BackendState.UP
@@ -87,7 +85,7 @@ def test_a_probe_brings_a_backend_back_after_its_cooldown(
 ) -> None:
     failing = fake_backend_factory(models=(MODEL,), fail_status=503)
     healthy = fake_backend_factory(models=(MODEL,))
-    settings = health(
+    settings = HealthSettings(
         failure_threshold=1,
         cooldown_seconds=0.3,
         probe_interval_busy_seconds=FAST_PROBE_SECONDS,
@@ -112,7 +110,7 @@ def test_failing_probes_put_an_idle_backend_down_and_passing_ones_bring_it_back(
 ) -> None:
     flaky = fake_backend_factory(models=(MODEL,))
     healthy = fake_backend_factory(models=(MODEL,))
-    settings = health(
+    settings = HealthSettings(
         failure_threshold=2,
         probe_interval_busy_seconds=FAST_PROBE_SECONDS,
         probe_interval_idle_seconds=FAST_PROBE_SECONDS,
@@ -136,7 +134,7 @@ def test_a_loading_llama_server_is_not_routed_to_until_it_has_loaded(
 ) -> None:
     loading = fake_backend_factory(models=(MODEL,), kind="llama-server", loading=True)
     ready = fake_backend_factory(models=(MODEL,))
-    settings = health(probe_interval_busy_seconds=FAST_PROBE_SECONDS)
+    settings = HealthSettings(probe_interval_busy_seconds=FAST_PROBE_SECONDS)
     gw = gateway_factory(Config(backends=(backend("llama", loading), backend("b", ready)), health=settings))
 
     response = chat(gw)

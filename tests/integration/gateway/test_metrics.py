@@ -13,6 +13,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gatewayd.config import Backend, BackendKind, Config
 from tests.support.fake_backend import FakeBackend
@@ -23,7 +24,7 @@ from tests.support.gateway import RunningGateway
 GatewayFactory = Callable[[Config], RunningGateway]
 MODEL = "m"
 PROMPT = "count my words please"
-MESSAGES = [{"role": "user", "content": PROMPT}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
 CHUNKS = 8
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
@@ -78,7 +79,7 @@ def test_every_metric_family_is_exported_with_its_labels_after_traffic(
     gw = gateway_factory(Config(backends=(backend("a", failing), backend("b", serving))))
 
     with openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client:
-        client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)
     with ollama.Client(host=gw.url) as client:
         list(client.chat(model=MODEL, messages=MESSAGES, stream=True))
     assert httpx.post(gw.openai_url + "/chat/completions", json={"model": "nope"}).status_code == 404

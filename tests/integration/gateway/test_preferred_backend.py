@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from gatewayd.config import Backend, BackendKind, Config
 from tests.support.fake_backend import FakeBackend
@@ -20,7 +21,7 @@ from tests.support.gateway import RunningGateway
 
 GatewayFactory = Callable[[Config], RunningGateway]
 MODEL = "m"
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 PREFER = "X-Gatewayd-Preferred-Backend"
 
 
@@ -70,7 +71,7 @@ def test_a_preferred_backend_serves_even_when_second_in_order(
     with openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client:
         stream = client.chat.completions.create(
             model=MODEL,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
             extra_headers={PREFER: "b"},
         )

@@ -11,7 +11,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from gatewayd.config import Backend, BackendKind, Config
 from tests.support.fake_backend import FakeBackend
@@ -20,7 +20,7 @@ from tests.support.gateway import RunningGateway
 
 GatewayFactory = Callable[[Config], RunningGateway]
 MODEL = "m"
-MESSAGES = [{"role": "user", "content": "a long story"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "a long story"}]
 
 
 def slow_gateway(
@@ -48,7 +48,7 @@ def test_an_openai_stream_ends_with_a_shutdown_error(
     gw, fake = slow_gateway(fake_backend_factory, gateway_factory, kind)
 
     with openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client:
-        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
         with pytest.raises(openai.APIError) as caught:
             consume(iter(stream), gw)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from gatewayd.gateway.metrics import Counter, Gauge, Histogram, Metrics
+from gatewayd.gateway.metrics import Counter, Gauge, GaugeSource, Histogram, LabelValues, Metrics
 
 FAMILIES = {
     "gatewayd_requests_total": ("counter", ("model", "backend", "status")),
@@ -18,6 +18,10 @@ FAMILIES = {
     "gatewayd_backend_up": ("gauge", ("backend", "state")),
     "gatewayd_generation": ("gauge", ("state",)),
 }
+
+
+def constant(labels: LabelValues, value: float = 1.0) -> GaugeSource:
+    return lambda: [(labels, value)]
 
 
 def lines(metric: Counter | Histogram | Gauge) -> list[str]:
@@ -96,7 +100,7 @@ def test_every_gatewayd_family_is_declared_with_its_type_and_labels() -> None:
         (metrics.backend_up, ("a", "up")),
         (metrics.info, ("serving",)),
     ):
-        gauge.sources.append(lambda labels=labels: [(labels, 1.0)])
+        gauge.sources.append(constant(labels))
     text = metrics.render()
     assert text.endswith("\n")
     for name, (kind, labelnames) in FAMILIES.items():
