@@ -4,9 +4,12 @@ It holds the current generation and hands each HTTP request to the generation th
 request arrived (the request is *pinned* to it), counting in-flight requests per generation so the run loop
 can wait for an old generation to go idle after a swap. It also does the few things that are about the
 process rather than about a generation: it answers lifespan scopes itself (generations are started by the
-run loop, not by the server), answers 503 while no generation is published, refuses bodies over the
-generation's ``server.max_body_bytes`` with 413, and during a respawn handoff adds ``Connection: close`` to
-every HTTP/1 response so keep-alive clients reconnect (to the child).
+run loop, not by the server), answers 503 while no generation is published, and during a respawn handoff
+adds ``Connection: close`` to every HTTP/1 response so keep-alive clients reconnect (to the child).
+
+Request bodies are the generation's business: the gateway refuses an oversize body in the client's dialect.
+A slot may carry ``max_body_bytes`` as a backstop for generations that enforce no limit of their own; the
+run loop sets none.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ _HTTP1_VERSIONS = frozenset({"1.0", "1.1"})
 
 
 class GenerationSlot:
-    """A published generation as the dispatcher sees it: the app, its number, its body limit, and how many
-    requests are pinned to it right now. A fresh slot (and so a fresh idle Event) per generation."""
+    """A published generation as the dispatcher sees it: the app, its number, and how many requests are
+    pinned to it right now. A fresh slot (and so a fresh idle Event) per generation.
 
-    def __init__(self, generation: Generation, *, number: int, max_body_bytes: int) -> None:
+    ``max_body_bytes``: None (the run loop's choice) leaves bodies to the generation; a number makes the
+    dispatcher answer 413 (an OpenAI-style error) for a body over it before the generation sees the rest."""
+
+    def __init__(self, generation: Generation, *, number: int, max_body_bytes: int | None = None) -> None:
         self.generation = generation
         self.number = number
         self.max_body_bytes = max_body_bytes
@@ -103,10 +109,27 @@ class Dispatcher:
                 extra_headers=[(b"retry-after", str(NO_GENERATION_RETRY_AFTER_SECONDS).encode())],
             )
             return
+        limit = slot.max_body_bytes
+        if limit is None:
+            await self._serve(slot, scope, receive, send)
+        else:
+            await self._serve_limited(slot, limit, scope, receive, send)
+
+    async def _serve(self, slot: GenerationSlot, scope: Scope, receive: Receive, send: Send) -> None:
+        self._slots.add(slot)
+        slot.enter()
+        try:
+            await slot.generation(scope, receive, send)
+        finally:
+            self._leave(slot)
+
+    async def _serve_limited(
+        self, slot: GenerationSlot, limit: int, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         http1 = scope.get("http_version") in _HTTP1_VERSIONS
         declared = _content_length(scope)
-        if declared is not None and declared > slot.max_body_bytes:
-            await _send_payload_too_large(send, slot.max_body_bytes, close=http1)
+        if declared is not None and declared > limit:
+            await _send_payload_too_large(send, limit, close=http1)
             return
         self._slots.add(slot)
         slot.enter()
@@ -119,15 +142,18 @@ class Dispatcher:
             await send(message)
 
         try:
-            await slot.generation(scope, _limited_receive(receive, slot.max_body_bytes), tracking_send)
+            await slot.generation(scope, _limited_receive(receive, limit), tracking_send)
         except PayloadTooLarge:
             if started:
                 raise
-            await _send_payload_too_large(send, slot.max_body_bytes, close=http1)
+            await _send_payload_too_large(send, limit, close=http1)
         finally:
-            slot.leave()
-            if slot.in_flight == 0 and slot is not self._current:
-                self._slots.discard(slot)
+            self._leave(slot)
+
+    def _leave(self, slot: GenerationSlot) -> None:
+        slot.leave()
+        if slot.in_flight == 0 and slot is not self._current:
+            self._slots.discard(slot)
 
 
 async def _answer_lifespan(receive: Receive, send: Send) -> None:

@@ -90,9 +90,7 @@ class GenerationRunner:
             async with self.factory.generation(
                 self.config, number=self.number, instance=self._instance
             ) as gen:
-                self._slot = GenerationSlot(
-                    gen, number=self.number, max_body_bytes=self.config.server.max_body_bytes
-                )
+                self._slot = GenerationSlot(gen, number=self.number)
                 self.state = GenerationState.SERVING
                 started = True
                 task_status.started(self)

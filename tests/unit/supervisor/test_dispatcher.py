@@ -80,7 +80,7 @@ class Exchange:
         return b"".join(message.get("body", b"") for message in self.sent[1:])
 
 
-def slot(gen: Gen, number: int, max_body_bytes: int = 1024) -> GenerationSlot:
+def slot(gen: Gen, number: int, max_body_bytes: int | None = None) -> GenerationSlot:
     return GenerationSlot(gen, number=number, max_body_bytes=max_body_bytes)
 
 
@@ -171,7 +171,17 @@ async def test_connection_close_mode_marks_http1_responses_only() -> None:
     assert b"connection" not in http2.headers
 
 
-async def test_body_over_the_limit_is_refused_with_413() -> None:
+async def test_without_a_limit_bodies_are_the_generations_business() -> None:
+    dispatcher = Dispatcher()
+    gen = Gen("g")
+    dispatcher.swap(slot(gen, 1))
+    big = Exchange([b"x" * 100_000, b"y" * 100_000])
+    await dispatcher(http_scope("/read", headers=[(b"content-length", b"200000")]), big.receive, big.send)
+    assert big.status == 200
+    assert gen.entered == 1
+
+
+async def test_a_backstop_limit_refuses_bodies_over_it_with_413() -> None:
     dispatcher = Dispatcher()
     gen = Gen("g")
     dispatcher.swap(slot(gen, 1, max_body_bytes=10))
