@@ -94,9 +94,9 @@ def test_a_missing_model_is_a_400(gw: RunningGateway, dialect: str, body: dict[s
 
 
 DISPATCHER_413 = (
-    "a body whose Content-Length is over the limit is refused by the supervisor's dispatcher "
-    "(gatewayd/supervisor/dispatcher.py) before the gateway sees it: always an OpenAI error object, "
-    "and no X-Request-Id"
+    "tests/support/gateway.py gives its dispatcher slot max_body_bytes, so the dispatcher refuses a declared "
+    "oversize body before the gateway sees it: always an OpenAI error object and no X-Request-Id (the run "
+    "loop sets no slot limit since 874fb96, leaving the 413 to the gateway, which answers in dialect)"
 )
 
 
