@@ -28,7 +28,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +172,7 @@ class RunLoop:
         self._lifecycle_done: anyio.Event | None = None
         self._reload_wanted: anyio.Event | None = None
         self._stopping = False
+        self._handoff = False
         self._exit_code: int | None = None
         self._fatal: BaseException | None = None
         self._watchdog: ForceExitWatchdog | None = None
@@ -184,12 +185,20 @@ class RunLoop:
         self._lifecycle_done = anyio.Event()
         self._lifecycle_scope = anyio.CancelScope()
         self._warn_about_bounds(self.config)
+        with self._send, self._receive:
+            await self._run_tasks()
+        if self._fatal is not None:
+            raise self._fatal
+        assert self._exit_code is not None
+        return self._exit_code
+
+    async def _run_tasks(self) -> None:
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
             with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
                 task_group.start_soon(self._pump_signals, signals)
                 log.info(
-                    "listening on http://%s (%s socket)",
+                    "socket http://%s (%s); starting the gateway",
                     self.instance.listener.address,
                     self.instance.listener.origin.value,
                 )
@@ -197,12 +206,8 @@ class RunLoop:
                 task_group.start_soon(self._notifications)
                 await self._dispatch_commands()
                 task_group.cancel_scope.cancel()
-        if self._fatal is not None:
-            raise self._fatal
-        assert self._exit_code is not None
-        return self._exit_code
 
-    async def _pump_signals(self, signals: anyio.abc.AsyncIterator[int]) -> None:  # type: ignore[name-defined]
+    async def _pump_signals(self, signals: AsyncIterator[signal.Signals]) -> None:
         async for signum in signals:
             self._send.send_nowait(Command(signal.Signals(signum).name.lower()))
 
@@ -247,6 +252,11 @@ class RunLoop:
 
     def _request_reload(self, reason: str) -> None:
         if self._stopping:
+            if self._handoff and self.child is not None and self.child.poll() is None:
+                # a CLI that found this process just before the handoff: the child is the instance now
+                log.info("%s: forwarded to pid %d, which took over", reason, self.child.pid)
+                self.child.send_signal(signal.SIGUSR1)
+                return
             log.info("%s ignored: stopping", reason)
             return
         assert self._reload_wanted is not None
@@ -344,6 +354,7 @@ class RunLoop:
         if self._stopping:
             return
         self._stopping = True
+        self._handoff = handoff
         self._watchdog = ForceExitWatchdog(self.config.shutdown.force_exit_seconds, self._force_exit_bundle)
         self._watchdog.start()
         assert self._task_group is not None

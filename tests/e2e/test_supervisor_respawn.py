@@ -17,7 +17,10 @@ from tests.support.supervisor_apps import write_config
 
 pytestmark = pytest.mark.slow
 
-FAST_RESPAWN = "restart:\n  respawn_ready_timeout_seconds: 2\n  handoff_close_seconds: 0.5\n"
+#: a generous ready bound (a loaded CI machine may take seconds to start a child), a short handoff
+FAST_RESPAWN = "restart:\n  respawn_ready_timeout_seconds: 30\n  handoff_close_seconds: 0.5\n"
+#: for children that are never ready
+SHORT_READY = "restart:\n  respawn_ready_timeout_seconds: 2\n  handoff_close_seconds: 0.5\n"
 
 
 def restart_cli(gw: GatewaydProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -91,7 +94,7 @@ def test_respawns_chain_and_restart_mode_respawn_makes_sigusr1_respawn(tmp_path:
                     lambda holder=holder: (
                         (r := gw.record()) is not None and r.pid != holder and serving_pid(gw) == r.pid
                     ),
-                    timeout=15,
+                    timeout=40,
                     what=f"respawn {round_ + 1}",
                 )
                 record = gw.record()
@@ -112,10 +115,10 @@ def test_respawns_chain_and_restart_mode_respawn_makes_sigusr1_respawn(tmp_path:
 
 def test_a_child_that_never_becomes_ready_is_killed_and_the_reload_falls_back(tmp_path: Path) -> None:
     with GatewaydProcess.test_app(
-        tmp_path, marker="v1", extra_config=FAST_RESPAWN, env={"GATEWAYD_TEST_CHILD": "hang"}
+        tmp_path, marker="v1", extra_config=SHORT_READY, env={"GATEWAYD_TEST_CHILD": "hang"}
     ) as gw:
         gw.wait_ready()
-        write_config(gw.config_path, marker="v2", port=gw.port, extra=FAST_RESPAWN)  # type: ignore[arg-type]
+        write_config(gw.config_path, marker="v2", port=gw.port, extra=SHORT_READY)  # type: ignore[arg-type]
         with HttpLoad(gw.url("/config"), keepalive_clients=2, fresh_clients=2) as load:
             result = restart_cli(gw, "--respawn")
         load.result.assert_clean()
@@ -165,3 +168,19 @@ def test_under_launchd_a_respawn_request_restarts_in_process(tmp_path: Path) -> 
         assert "launchd" in outcome.message
         assert serving_pid(gw) == gw.pid
         assert gw.stop() == 0
+
+
+def test_a_reload_signal_reaching_the_old_process_during_the_handoff_is_forwarded(tmp_path: Path) -> None:
+    slow_handoff = "restart:\n  handoff_close_seconds: 3\n"
+    with GatewaydProcess.test_app(tmp_path, marker="v1", extra_config=slow_handoff) as gw:
+        gw.wait_ready()
+        result = restart_cli(gw, "--respawn")
+        assert result.returncode == 0, result
+        assert gw.proc is not None
+        assert gw.proc.poll() is None  # still handing off
+        gw.signal(signal.SIGUSR1)  # to the old pid, as a CLI that read the record a moment earlier would
+        wait_for(lambda: gw.get("/config").json()["generation"] == 3, timeout=10, what="the child's reload")
+        assert serving_pid(gw) != gw.pid
+        assert "forwarded to pid" in gw.logs()
+        assert gw.wait_exit() == 0
+        gw.stop()
