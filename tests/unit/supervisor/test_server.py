@@ -207,3 +207,19 @@ async def test_wait_closed_is_bounded_and_cancel_aborts_connections(listener: so
     # the cancelled request ends at once: an error answer or a dropped connection, never a hang
     assert len(outcomes) == 1
     assert outcomes[0] == 500 or isinstance(outcomes[0], httpx.RemoteProtocolError | httpx.ReadError)
+
+
+async def test_a_reloaded_keep_alive_timeout_applies_to_the_next_idle_period(
+    listener: socket.socket, running: tuple[HttpServer, App, anyio.CancelScope]
+) -> None:
+    server, _, _ = running
+    server.apply_settings(ServerSettings(keep_alive_timeout_seconds=0.2, backlog=64))
+    host, port = listener.getsockname()
+    idle = await anyio.connect_tcp(host, port)
+    await idle.send(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        data = await read_until_eof(idle)
+    assert data.startswith(b"HTTP/1.1 200")
+    assert time.monotonic() - started < 2  # not the 30 s the server started with
+    await idle.aclose()
