@@ -2,10 +2,12 @@
 
 Listings (/v1/models, /api/tags, /api/ps, /api/version), health (/healthz, /readyz), /metrics and /status.
 Routes are thin: they read the generation's state and render it; errors come back in the dialect of the
-path (OpenAI error objects under /v1, ``{"error": ...}`` elsewhere)."""
+path (``{"error": ...}`` under /api, OpenAI error objects everywhere else). Every response carries
+``X-Request-Id`` (the client's own, or a fresh one)."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,11 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
         PROVIDE_AUTOMATIC_OPTIONS=True,
     )
     started = int(time.time())
+
+    @app.after_request
+    async def request_id(response: Response) -> Response:
+        response.headers["X-Request-Id"] = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+        return response
 
     @app.get("/healthz")
     async def healthz() -> Response:

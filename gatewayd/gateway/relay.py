@@ -24,6 +24,7 @@ from gatewayd.errors import (
     BadGateway,
     Draining,
     ModelNotFound,
+    Overloaded,
     RequestError,
     UpstreamStatus,
 )
@@ -190,9 +191,17 @@ class Relay:
         Raises a RequestError only while nothing has been sent (the caller renders it in the endpoint's
         dialect); once the response has started, failures end the stream in band instead. On cancellation
         (the client went away) the upstream request is aborted and its slot freed."""
-        last_error: BackendError | None = None
-        for target in await self.candidates(exchange):
+        last_error: BackendError | Overloaded | None = None
+        candidates = await self.candidates(exchange)
+        for index, target in enumerate(candidates):
             runtime = self._pool.runtimes[target.backend]
+            if runtime.admission.queue_full and index + 1 < len(candidates):
+                # no room even to wait here: a later candidate may have some
+                last_error = Overloaded(
+                    f"backend {target.backend} is at capacity and its queue is full",
+                    retry_after=self._config.limits.retry_after_seconds,
+                )
+                continue
             exchange.attempts += 1
             try:
                 await self._attempt(exchange, runtime, target, send)
@@ -215,7 +224,8 @@ class Relay:
         completed = False
         clock = time.perf_counter
         try:
-            translation = translator(exchange.api, backend_dialect(backend.kind), client_model=exchange.model)
+            # answers name the model that produced them, as same-dialect answers relayed as bytes do
+            translation = translator(exchange.api, backend_dialect(backend.kind), client_model=target.model)
             body = self._upstream_body(exchange, translation, target.model)
             headers = {"Content-Type": "application/json", **auth_headers(backend)}
             started = clock()

@@ -63,9 +63,7 @@ def running_gateway(config: Config, *, state_dir: Path | None = None) -> Iterato
         token = anyio.lowlevel.current_token()
         async with factory.generation(config, number=1, instance=_Instance()) as generation:
             dispatcher = Dispatcher()
-            dispatcher.swap(
-                GenerationSlot(generation, number=1, max_body_bytes=config.server.max_body_bytes)
-            )
+            dispatcher.swap(GenerationSlot(generation, number=1))
             server = HttpServer(listener, dispatcher, config.server)
             async with anyio.create_task_group() as tg:
                 await tg.start(server.serve)

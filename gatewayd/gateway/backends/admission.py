@@ -42,6 +42,11 @@ class Admission:
         return len(self._queue)
 
     @property
+    def queue_full(self) -> bool:
+        """No free slot and no room left to wait for one."""
+        return self.in_flight >= self.capacity and len(self._queue) >= self._queue_size
+
+    @property
     def free(self) -> int:
         return max(self.capacity - self.in_flight, 0)
 

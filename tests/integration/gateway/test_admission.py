@@ -214,3 +214,37 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_upstream_at_once(
     assert response.status_code == 200
     assert time.monotonic() - started < 1.0
     assert reply_text("hello") in response.text
+
+
+def test_a_full_queue_moves_the_request_to_a_candidate_with_room_to_wait(
+    fake_backend_factory: FakeBackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    first = fake_backend_factory(models=(MODEL,), hang=True)
+    second = fake_backend_factory(models=(MODEL,), hang=True)
+    gw = gateway_factory(
+        Config(
+            backends=tuple(
+                Backend(id=name, url=fake.url, models=(MODEL,), max_concurrency=1)
+                for name, fake in (("a", first), ("b", second))
+            ),
+            limits=Limits(queue_size=1, retry_after_seconds=RETRY_AFTER_SECONDS),
+        )
+    )
+
+    def queued(backend: str) -> int:
+        return int(gw.call(lambda: gw.generation.pool.runtimes[backend].admission.queued))
+
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        running = [submit_chat(executor, gw), submit_chat(executor, gw)]
+        wait_until(lambda: first.stats().in_flight == 1 and second.stats().in_flight == 1, "both backends busy")
+        waiting = [submit_chat(executor, gw)]
+        wait_until(lambda: queued("a") + queued("b") == 1, "one request queued")
+        waiting.append(submit_chat(executor, gw))
+        wait_until(lambda: queued("a") == 1 and queued("b") == 1, "one request queued on each backend")
+        rejected = submit_chat(executor, gw).result(timeout=WAIT_SECONDS)
+        assert rejected.status_code == 429
+        assert rejected.headers["retry-after"] == "3"
+        first.set(hang=False)
+        second.set(hang=False)
+        for future in running + waiting:
+            assert future.result(timeout=WAIT_SECONDS).status_code == 200

@@ -93,22 +93,12 @@ def test_a_missing_model_is_a_400(gw: RunningGateway, dialect: str, body: dict[s
         assert response.json()["error"]["param"] == "model"
 
 
-DISPATCHER_413 = (
-    "tests/support/gateway.py gives its dispatcher slot max_body_bytes, so the dispatcher refuses a declared "
-    "oversize body before the gateway sees it: always an OpenAI error object and no X-Request-Id (the run "
-    "loop sets no slot limit since 874fb96, leaving the 413 to the gateway, which answers in dialect)"
-)
-
-
-@pytest.mark.parametrize(
-    "dialect", ["openai", pytest.param("ollama", marks=pytest.mark.xfail(strict=True, reason=DISPATCHER_413))]
-)
+@pytest.mark.parametrize("dialect", ["openai", "ollama"])
 def test_an_oversize_body_with_content_length_is_a_413(gw: RunningGateway, dialect: str) -> None:
     response = post(gw, CHAT_PATHS[dialect], OVERSIZE)
     assert_dialect_error(response, dialect, 413, f"{MAX_BODY_BYTES} bytes")
 
 
-@pytest.mark.xfail(strict=True, reason=DISPATCHER_413)
 def test_an_oversize_body_with_content_length_carries_the_request_id(gw: RunningGateway) -> None:
     response = post(gw, CHAT_PATHS["openai"], OVERSIZE, **{"X-Request-Id": "big"})
     assert response.status_code == 413

@@ -270,25 +270,15 @@ def test_a_route_alias_reaches_the_backend_under_its_own_name(
     assert fake.stats().last_body[chat_path]["model"] == backend_model
 
 
-def test_a_translated_answer_names_the_model_the_client_asked_for(
-    oai: openai.OpenAI, oll: ollama.Client
-) -> None:
-    assert oai.chat.completions.create(model="alias-ol", messages=user()).model == "alias-ol"
-    assert oll.chat(model="alias-oa", messages=user()).model == "alias-oa"
+def test_every_answer_names_the_model_that_produced_it(oai: openai.OpenAI, oll: ollama.Client) -> None:
+    """An alias resolves to a backend model, and answers name that model (as OpenAI's API names the snapshot
+    a name resolved to), whether relayed byte for byte or translated."""
+    assert oai.chat.completions.create(model="alias-ol", messages=user()).model == OLLAMA_MODEL
+    assert oll.chat(model="alias-oa", messages=user()).model == OPENAI_MODEL
     streamed = list(oll.chat(model="alias-oa", messages=user(), stream=True))
-    assert {p.model for p in streamed} == {"alias-oa"}
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="same-dialect answers are relayed byte for byte (core/translate.py Passthrough) and so keep the "
-    "backend's model name when the client used a route alias",
-)
-def test_a_same_dialect_answer_names_the_alias_the_client_asked_for(
-    oai: openai.OpenAI, oll: ollama.Client
-) -> None:
-    assert oai.chat.completions.create(model="alias-oa", messages=user()).model == "alias-oa"
-    assert oll.chat(model="alias-ol", messages=user()).model == "alias-ol"
+    assert {p.model for p in streamed} == {OPENAI_MODEL}
+    assert oai.chat.completions.create(model="alias-oa", messages=user()).model == OPENAI_MODEL
+    assert oll.chat(model="alias-ol", messages=user()).model == OLLAMA_MODEL
 
 
 def test_ollama_latest_tag_reaches_a_backend_that_lists_the_bare_name(oll: ollama.Client) -> None:

@@ -141,3 +141,11 @@ def test_readyz_answers_503_once_draining(gw: RunningGateway) -> None:
     assert draining.json()["status"] == "draining"
     assert httpx.get(gw.url + "/healthz").status_code == 200
     assert httpx.get(gw.url + "/status").json()["draining"] is True
+
+
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/metrics", "/status", "/v1/models", "/api/tags", "/nope"]
+)
+def test_every_endpoint_answers_with_a_request_id(gw: RunningGateway, path: str) -> None:
+    assert len(httpx.get(gw.url + path).headers["x-request-id"]) == 16
+    assert httpx.get(gw.url + path, headers={"X-Request-Id": "mine-1"}).headers["x-request-id"] == "mine-1"
