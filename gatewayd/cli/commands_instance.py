@@ -115,7 +115,8 @@ def run(config_path: str | None, host: str | None, port: int | None, state_dir: 
 
 
 class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception)."""
+    """One JSON object per line: time, level, logger, message (and exception), plus the structured
+    ``fields`` a record carries (the access log's request id, model, backend, status, latency...)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -125,6 +126,9 @@ class JsonLogFormatter(logging.Formatter):
             "pid": record.process,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -8,8 +8,6 @@ run loop, not by the server), answers 503 while no generation is published, and 
 adds ``Connection: close`` to every HTTP/1 response so keep-alive clients reconnect (to the child).
 
 Request bodies are the generation's business: the gateway refuses an oversize body in the client's dialect.
-A slot may carry ``max_body_bytes`` as a backstop for generations that enforce no limit of their own; the
-run loop sets none.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from collections.abc import Iterable
 
 import anyio
 
-from gatewayd.errors import PayloadTooLarge
 from gatewayd.supervisor.contract import Generation, Message, Receive, Scope, Send
 
 #: Retry-After sent with the 503 answered while no generation is published (during startup)
@@ -29,15 +26,11 @@ _HTTP1_VERSIONS = frozenset({"1.0", "1.1"})
 
 class GenerationSlot:
     """A published generation as the dispatcher sees it: the app, its number, and how many requests are
-    pinned to it right now. A fresh slot (and so a fresh idle Event) per generation.
+    pinned to it right now. A fresh slot (and so a fresh idle Event) per generation."""
 
-    ``max_body_bytes``: None (the run loop's choice) leaves bodies to the generation; a number makes the
-    dispatcher answer 413 (an OpenAI-style error) for a body over it before the generation sees the rest."""
-
-    def __init__(self, generation: Generation, *, number: int, max_body_bytes: int | None = None) -> None:
+    def __init__(self, generation: Generation, *, number: int) -> None:
         self.generation = generation
         self.number = number
-        self.max_body_bytes = max_body_bytes
         self._in_flight = 0
         self._idle: anyio.Event | None = None
 
@@ -109,44 +102,10 @@ class Dispatcher:
                 extra_headers=[(b"retry-after", str(NO_GENERATION_RETRY_AFTER_SECONDS).encode())],
             )
             return
-        limit = slot.max_body_bytes
-        if limit is None:
-            await self._serve(slot, scope, receive, send)
-        else:
-            await self._serve_limited(slot, limit, scope, receive, send)
-
-    async def _serve(self, slot: GenerationSlot, scope: Scope, receive: Receive, send: Send) -> None:
         self._slots.add(slot)
         slot.enter()
         try:
             await slot.generation(scope, receive, send)
-        finally:
-            self._leave(slot)
-
-    async def _serve_limited(
-        self, slot: GenerationSlot, limit: int, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        http1 = scope.get("http_version") in _HTTP1_VERSIONS
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            await _send_payload_too_large(send, limit, close=http1)
-            return
-        self._slots.add(slot)
-        slot.enter()
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await slot.generation(scope, _limited_receive(receive, limit), tracking_send)
-        except PayloadTooLarge:
-            if started:
-                raise
-            await _send_payload_too_large(send, limit, close=http1)
         finally:
             self._leave(slot)
 
@@ -179,44 +138,8 @@ def _with_connection_close(send: Send) -> Send:
     return send_closing
 
 
-def _limited_receive(receive: Receive, limit: int) -> Receive:
-    received = 0
-
-    async def limited() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        return message
-
-    return limited
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
 def _error_body(message: str, type_: str, code: str | None) -> dict[str, object]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
-
-
-async def _send_payload_too_large(send: Send, limit: int, *, close: bool) -> None:
-    error = PayloadTooLarge(f"request body is larger than {limit} bytes")
-    # the body is unread: on HTTP/1 close the connection rather than read and discard it
-    await _send_json(
-        send,
-        error.status,
-        _error_body(error.message, error.type, error.code),
-        extra_headers=[(b"connection", b"close")] if close else (),
-    )
 
 
 async def _send_json(

@@ -80,8 +80,8 @@ class Exchange:
         return b"".join(message.get("body", b"") for message in self.sent[1:])
 
 
-def slot(gen: Gen, number: int, max_body_bytes: int | None = None) -> GenerationSlot:
-    return GenerationSlot(gen, number=number, max_body_bytes=max_body_bytes)
+def slot(gen: Gen, number: int) -> GenerationSlot:
+    return GenerationSlot(gen, number=number)
 
 
 async def test_no_generation_answers_503_with_retry_after() -> None:
@@ -179,26 +179,3 @@ async def test_without_a_limit_bodies_are_the_generations_business() -> None:
     await dispatcher(http_scope("/read", headers=[(b"content-length", b"200000")]), big.receive, big.send)
     assert big.status == 200
     assert gen.entered == 1
-
-
-async def test_a_backstop_limit_refuses_bodies_over_it_with_413() -> None:
-    dispatcher = Dispatcher()
-    gen = Gen("g")
-    dispatcher.swap(slot(gen, 1, max_body_bytes=10))
-
-    declared = Exchange()
-    await dispatcher(
-        http_scope("/read", headers=[(b"content-length", b"11")]), declared.receive, declared.send
-    )
-    assert declared.status == 413
-    assert json.loads(declared.body)["error"]["code"] == "request_too_large"
-    assert gen.entered == 0  # refused before the generation saw it
-
-    chunked = Exchange([b"123456", b"789012"])
-    await dispatcher(http_scope("/read"), chunked.receive, chunked.send)
-    assert chunked.status == 413
-    assert chunked.headers[b"connection"] == b"close"
-
-    fits = Exchange([b"12345", b"67890"])
-    await dispatcher(http_scope("/read"), fits.receive, fits.send)
-    assert fits.status == 200
