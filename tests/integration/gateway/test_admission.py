@@ -236,7 +236,9 @@ def test_a_full_queue_moves_the_request_to_a_candidate_with_room_to_wait(
 
     with ThreadPoolExecutor(max_workers=8) as executor:
         running = [submit_chat(executor, gw), submit_chat(executor, gw)]
-        wait_until(lambda: first.stats().in_flight == 1 and second.stats().in_flight == 1, "both backends busy")
+        wait_until(
+            lambda: first.stats().in_flight == 1 and second.stats().in_flight == 1, "both backends busy"
+        )
         waiting = [submit_chat(executor, gw)]
         wait_until(lambda: queued("a") + queued("b") == 1, "one request queued")
         waiting.append(submit_chat(executor, gw))
