@@ -81,6 +81,8 @@ class Dispatcher:
         """Publish ``slot``: requests arriving from now on go to it. Returns the slot it replaced, whose
         requests in flight keep running on it."""
         old, self._current = self._current, slot
+        if old is not None and old.in_flight == 0:
+            self._slots.discard(old)  # nothing pinned to it: forget it now, not at its next request
         return old
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -122,6 +124,22 @@ async def test_requests_are_pinned_to_the_generation_current_when_they_arrived()
     assert old_slot.in_flight == 0
     assert new_slot.in_flight == 0
     assert dispatcher.in_flight == 0
+
+
+async def test_a_swapped_out_idle_generation_is_not_kept_alive() -> None:
+    dispatcher = Dispatcher()
+    dead: list[weakref.ref[Gen]] = []
+    for number in range(1, 6):
+        gen = Gen(str(number))
+        dispatcher.swap(slot(gen, number))
+        exchange = Exchange()
+        await dispatcher(http_scope("/x"), exchange.receive, exchange.send)
+        assert exchange.body == str(number).encode()
+        dead.append(weakref.ref(gen))
+        del gen
+    dispatcher.swap(None)
+    gc.collect()
+    assert [ref() for ref in dead] == [None] * 5
 
 
 async def test_a_failing_request_still_leaves_the_in_flight_count() -> None:
