@@ -49,7 +49,8 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class ShutdownSettings:
-    """How a stop (SIGTERM/SIGINT) and the drain of an old generation are bounded."""
+    """How a stop (SIGTERM/SIGINT) is bounded. (The drain of a generation retired by a reload is bounded by
+    ``restart.drain_timeout_seconds``.)"""
 
     #: in-flight requests and streams may finish within this long; then streams get a shutdown event
     drain_timeout_seconds: float = 20.0
@@ -70,6 +71,10 @@ class RestartSettings:
     #: after the child is ready, the old process answers with ``Connection: close`` for this long so
     #: keep-alive clients move to the child before the old process drains
     handoff_close_seconds: float = 1.0
+    #: after a reload (or a respawn's handoff) the old generation's requests may finish within this long;
+    #: then its streams get a shutdown event. Above ``timeouts.total_seconds`` a reload never cuts a request.
+    #: A stop (SIGTERM) arriving meanwhile shortens it to ``shutdown.drain_timeout_seconds``.
+    drain_timeout_seconds: float = 1800.0
 
 
 @dataclass(frozen=True, slots=True)

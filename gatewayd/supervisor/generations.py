@@ -5,7 +5,7 @@ several can be alive at once during a reload: the new one serving, old ones drai
 started only once the factory's context manager has been entered (the generation can serve); publishing
 it in the dispatcher is the caller's move. ``retire()`` starts the drain:
 
-    mark_draining()  ->  wait until no request is pinned to it, at most shutdown.drain_timeout_seconds
+    mark_draining()  ->  wait until no request is pinned to it, at most the bound given to retire()
                      ->  end_streams()  ->  wait at most END_STREAMS_GRACE_SECONDS
                      ->  close (exit the factory's context)
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Callable
 
 import anyio
@@ -61,6 +62,8 @@ class GenerationRunner:
         self._slot: GenerationSlot | None = None
         self._retired = anyio.Event()
         self._closed = anyio.Event()
+        self._drain_deadline = math.inf
+        self._drain_wait: anyio.CancelScope | None = None
 
     @property
     def slot(self) -> GenerationSlot:
@@ -107,8 +110,15 @@ class GenerationRunner:
             self._closed.set()
         log.info("generation %d closed", self.number)
 
-    def retire(self) -> None:
-        """Stop serving (the caller has already swapped it out, or is stopping) and drain. Idempotent."""
+    def retire(self, *, drain_timeout_seconds: float) -> None:
+        """Stop serving (the caller has already swapped it out, or is stopping) and drain: its requests may
+        finish within ``drain_timeout_seconds`` from now. Called again, the earlier deadline wins (a stop
+        arriving while a reload's long drain runs shortens it)."""
+        deadline = anyio.current_time() + drain_timeout_seconds
+        if deadline < self._drain_deadline:
+            self._drain_deadline = deadline
+            if self._drain_wait is not None:
+                self._drain_wait.cancel()  # the drain loop recomputes its wait from the new deadline
         self._retired.set()
 
     async def wait_closed(self) -> None:
@@ -118,21 +128,26 @@ class GenerationRunner:
         slot = self.slot
         self.state = GenerationState.DRAINING
         slot.generation.mark_draining()
-        bound = self.config.shutdown.drain_timeout_seconds
         if slot.in_flight:
             log.info(
                 "generation %d draining: %d request(s) in flight, up to %gs",
                 self.number,
                 slot.in_flight,
-                bound,
+                self._drain_deadline - anyio.current_time(),
             )
-        if await slot.wait_idle(bound):
+        while slot.in_flight:
+            remaining = self._drain_deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            with anyio.CancelScope() as self._drain_wait:
+                await slot.wait_idle(remaining)
+        self._drain_wait = None
+        if not slot.in_flight:
             return
         log.warning(
-            "generation %d: %d request(s) still running after %gs; ending open streams",
+            "generation %d: %d request(s) still running at the drain deadline; ending open streams",
             self.number,
             slot.in_flight,
-            bound,
         )
         slot.generation.end_streams()
         if not await slot.wait_idle(END_STREAMS_GRACE_SECONDS):

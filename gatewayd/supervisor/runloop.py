@@ -173,6 +173,8 @@ class RunLoop:
         self._reload_wanted: anyio.Event | None = None
         self._stopping = False
         self._handoff = False
+        #: the signal that asked to stop (None for a handoff or an internal stop)
+        self._stop_reason: str | None = None
         self._exit_code: int | None = None
         self._fatal: BaseException | None = None
         self._watchdog: ForceExitWatchdog | None = None
@@ -227,7 +229,7 @@ class RunLoop:
         self._request_stop("SIGTERM")
 
     def handle_sigint(self, command: Command) -> None:
-        if self._stopping:
+        if self._stopping and self._stop_reason == "SIGINT":
             log.warning("second SIGINT: exiting now without waiting for the drain")
             for handler in logging.getLogger().handlers:
                 handler.flush()
@@ -245,10 +247,28 @@ class RunLoop:
 
     def _request_stop(self, reason: str) -> None:
         if self._stopping:
-            log.info("%s ignored: already stopping", reason)
+            if self._handoff and self._stop_reason is None:
+                self._hurry_handoff(reason)
+            else:
+                log.info("%s ignored: already stopping", reason)
             return
         log.info("%s: stopping", reason)
+        self._stop_reason = reason
         self.begin_stop(handoff=False)
+
+    def _hurry_handoff(self, reason: str) -> None:
+        """A stop while the old process drains after a handoff (bounded by restart.drain_timeout_seconds):
+        finish within the stop's bounds instead."""
+        self._stop_reason = reason
+        shutdown = self.config.shutdown
+        log.info("%s: stopping; the drain after the handoff now ends within %gs", reason,
+                 shutdown.drain_timeout_seconds)  # fmt: skip
+        for runner in list(self.runners):
+            runner.retire(drain_timeout_seconds=shutdown.drain_timeout_seconds)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = ForceExitWatchdog(shutdown.force_exit_seconds, self._force_exit_bundle)
+        self._watchdog.start()
 
     def _request_reload(self, reason: str) -> None:
         if self._stopping:
@@ -333,7 +353,7 @@ class RunLoop:
         except OSError as error:
             log.warning("cannot rewrite the lock record: %s", error)
         if old is not None:
-            old.retire()
+            old.retire(drain_timeout_seconds=self.config.restart.drain_timeout_seconds)
         self.runners = {each for each in self.runners if not each.closed}
         self.notifier.status(self.status_line())
 
@@ -355,7 +375,12 @@ class RunLoop:
             return
         self._stopping = True
         self._handoff = handoff
-        self._watchdog = ForceExitWatchdog(self.config.shutdown.force_exit_seconds, self._force_exit_bundle)
+        shutdown = self.config.shutdown
+        force_exit = shutdown.force_exit_seconds
+        if handoff:  # the old process drains for as long as a reload would, with the same margin on top
+            margin = max(force_exit - shutdown.drain_timeout_seconds, 0.0)
+            force_exit = max(force_exit, self.config.restart.drain_timeout_seconds + margin)
+        self._watchdog = ForceExitWatchdog(force_exit, self._force_exit_bundle)
         self._watchdog.start()
         assert self._task_group is not None
         self._task_group.start_soon(self._stop, handoff)
@@ -378,8 +403,9 @@ class RunLoop:
             self.server.stop_accepting()
             await anyio.sleep(shutdown.accept_settle_seconds)
         await self.server.close_idle()
+        bound = self.config.restart.drain_timeout_seconds if handoff else shutdown.drain_timeout_seconds
         for runner in list(self.runners):
-            runner.retire()
+            runner.retire(drain_timeout_seconds=bound)
         for runner in list(self.runners):
             await runner.wait_closed()
         if not await self.server.wait_closed(CONNECTIONS_CLOSE_GRACE_SECONDS):

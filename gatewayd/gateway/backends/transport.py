@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 
 import aiohttp
 import anyio
 
 from gatewayd.config import Timeouts
-from gatewayd.errors import BackendTimeout, BackendUnavailable, BadGateway
+from gatewayd.errors import BackendTimeout, BackendUnavailable, BadGateway, Draining
 
 #: pooled connections kept per backend host; beyond it connections are opened and closed per request
 POOL_KEEPALIVE_PER_HOST = 256
@@ -94,6 +94,13 @@ class UpstreamResponse:
         self._response.close()
 
 
+async def _note_reuse(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceConnectionReuseconnParams
+) -> None:
+    if context.trace_request_ctx is not None:
+        context.trace_request_ctx.reused = True
+
+
 class Transport:
     """Owns one aiohttp session for one generation. Enter it before use; exiting closes every connection."""
 
@@ -108,12 +115,17 @@ class Transport:
             enable_cleanup_closed=False,
             ttl_dns_cache=60,
         )
+        # a request that fails on a *reused* connection never reached the backend (it had closed the idle
+        # connection) and is safe to send again; one that fails on a fresh connection may have
+        reuse_trace = aiohttp.TraceConfig()
+        reuse_trace.on_connection_reuseconn.append(_note_reuse)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
             raise_for_status=False,
+            trace_configs=[reuse_trace],
         )
         return self
 
@@ -138,18 +150,22 @@ class Transport:
         """Send a request and return once the response headers arrived.
 
         The connect phase is bounded by ``timeouts.connect_seconds`` and the wait for the first byte by
-        ``timeouts.first_byte_seconds``. A pooled connection that the backend had already closed is retried
-        once on a fresh connection (the request never reached the backend). Raises BackendUnavailable
-        (cannot connect / reset), BackendTimeout and BadGateway (not HTTP). On cancellation the request is
+        ``timeouts.first_byte_seconds``. A request that fails at once on a reused pooled connection (the
+        backend had closed it while idle, so the request never reached it) is sent once more; a failure on a
+        fresh connection is not retried (the backend may have received it). Raises BackendUnavailable
+        (cannot connect / reset), BackendTimeout, BadGateway (not HTTP) and Draining (the transport has
+        closed: its generation is gone). On cancellation the request is
         abandoned and its connection closed."""
-        assert self._session is not None, "Transport used outside its context"
         session = self._session
+        if session is None or session.closed:
+            raise Draining("the gateway generation serving this request has closed; retry")
         # sock_read runs from the moment the request is sent until the response headers (the first byte);
         # _stop_first_byte_bound then hands the body over to the idle bound of read() and chunks()
         request_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect_seconds, sock_read=timeouts.first_byte_seconds
         )
         for attempt in (1, 2):
+            trace = SimpleNamespace(reused=False)
             try:
                 async with asyncio.timeout(timeouts.connect_seconds + timeouts.first_byte_seconds):
                     response = await session.request(
@@ -159,6 +175,7 @@ class Transport:
                         headers=headers,
                         timeout=request_timeout,
                         allow_redirects=False,
+                        trace_request_ctx=trace,
                     )
             except aiohttp.SocketTimeoutError:
                 raise BackendTimeout(
@@ -177,7 +194,7 @@ class Transport:
                     backend=backend,
                 ) from None
             except _STALE_CONNECTION_ERRORS as error:
-                if attempt == 1 and not isinstance(error, aiohttp.ClientConnectorError):
+                if attempt == 1 and trace.reused and not isinstance(error, aiohttp.ClientConnectorError):
                     continue
                 raise _unavailable(error, backend) from error
             except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as error:

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from gatewayd.config import Config, ShutdownSettings
+from gatewayd.config import Config
 from gatewayd.supervisor.forceexit import ForceExitWatchdog
 from gatewayd.supervisor.generations import GenerationRunner, GenerationState
 from gatewayd.supervisor.instance import InstanceState
@@ -73,13 +73,10 @@ class NoInstance:
         return {}
 
 
-def runner(
-    factory: Factory, drain_seconds: float = 5.0, failures: list[BaseException] | None = None
-) -> GenerationRunner:
-    config = Config(shutdown=ShutdownSettings(drain_timeout_seconds=drain_seconds, force_exit_seconds=30))
+def runner(factory: Factory, failures: list[BaseException] | None = None) -> GenerationRunner:
     return GenerationRunner(
         factory,
-        config,
+        Config(),
         number=3,
         instance=NoInstance(),
         on_failure=lambda _, error: (failures if failures is not None else []).append(error),
@@ -105,7 +102,7 @@ async def test_retire_drains_the_pinned_requests_before_closing() -> None:
         assert generation.state is GenerationState.SERVING
         slot = generation.slot
         slot.enter()  # one request in flight
-        generation.retire()
+        generation.retire(drain_timeout_seconds=5)
         await anyio.sleep(0.05)
         assert generation.state is GenerationState.DRAINING
         assert factory.log == ["start 3", "mark_draining"]
@@ -118,11 +115,11 @@ async def test_retire_drains_the_pinned_requests_before_closing() -> None:
 
 async def test_past_the_drain_bound_streams_are_ended_then_the_generation_closes() -> None:
     factory = Factory()
-    generation = runner(factory, drain_seconds=0.1)
+    generation = runner(factory)
     async with anyio.create_task_group() as tg:
         await tg.start(generation.run)
         generation.slot.enter()
-        generation.retire()
+        generation.retire(drain_timeout_seconds=0.1)
         started = time.monotonic()
         with anyio.fail_after(5):
             await generation.wait_closed()
@@ -131,13 +128,29 @@ async def test_past_the_drain_bound_streams_are_ended_then_the_generation_closes
     assert 0.09 < elapsed < 3
 
 
+async def test_a_later_retire_with_a_shorter_bound_cuts_a_long_drain_short() -> None:
+    factory = Factory()
+    generation = runner(factory)
+    async with anyio.create_task_group() as tg:
+        await tg.start(generation.run)
+        generation.slot.enter()
+        generation.retire(drain_timeout_seconds=60)  # a reload's long drain
+        await anyio.sleep(0.1)
+        assert factory.log == ["start 3", "mark_draining"]
+        generation.retire(drain_timeout_seconds=0.1)  # then a stop
+        generation.retire(drain_timeout_seconds=30)  # a longer bound never extends it
+        with anyio.fail_after(5):
+            await generation.wait_closed()
+    assert factory.log == ["start 3", "mark_draining", "end_streams", "close 3"]
+
+
 async def test_a_failure_after_start_is_reported_not_raised() -> None:
     factory = Factory(fail_close=True)
     failures: list[BaseException] = []
     generation = runner(factory, failures=failures)
     async with anyio.create_task_group() as tg:
         await tg.start(generation.run)
-        generation.retire()
+        generation.retire(drain_timeout_seconds=5)
     assert [str(error) for error in failures] == ["cannot close"]
     assert generation.closed
 
