@@ -76,7 +76,9 @@ def test_reloads_under_load_fail_nothing_and_apply_the_new_config(
 
 
 def test_a_stream_started_before_a_reload_completes_with_all_its_chunks(tmp_path: Path) -> None:
-    with GatewaydProcess.test_app(tmp_path, marker="old") as gw:
+    # the stop's drain bound is far shorter than the stream: a reload drains for restart.drain_timeout_seconds
+    bounds = "shutdown:\n  drain_timeout_seconds: 0.3\n  force_exit_seconds: 5\n"
+    with GatewaydProcess.test_app(tmp_path, marker="old", extra_config=bounds) as gw:
         gw.wait_ready()
         lines: list[str] = []
         headers: dict[str, str] = {}
@@ -92,7 +94,7 @@ def test_a_stream_started_before_a_reload_completes_with_all_its_chunks(tmp_path
         reader = threading.Thread(target=stream)
         reader.start()
         wait_for(lambda: headers, timeout=5, what="the stream to start")
-        rewrite(gw, "new")
+        rewrite(gw, "new", extra=bounds)
         gw.signal(signal.SIGUSR1)
         wait_for(lambda: marker(gw) == "new", timeout=5, what="the new config")
         reader.join(30)
