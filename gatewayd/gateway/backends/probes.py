@@ -12,11 +12,12 @@ from gatewayd.gateway.core.health import ProbeResult
 
 
 def api_url(backend: Backend, path: str) -> str:
-    """Absolute URL of ``path`` ("/v1/..." or "/api/...") on a backend. For OpenAI-dialect kinds a url that
-    already ends in /v1 is not given a second one."""
+    """Absolute URL of ``path`` ("/v1/...", "/api/...", "/health", ...) on a backend. A url given with a
+    trailing /v1 names the API base: /v1 paths are not given a second one, and the others (/health, /slots)
+    hang off the server's root."""
     base = backend.url.rstrip("/")
-    if path.startswith("/v1/") and base.endswith("/v1"):
-        return base + path[3:]
+    if base.endswith("/v1"):
+        base = base[:-3]
     return base + path
 
 
@@ -67,7 +68,12 @@ async def probe(transport: Transport, backend: Backend, timeout: float) -> Probe
         idle_slots = None
         if backend.kind is BackendKind.LLAMA_SERVER:
             idle_slots = await _idle_slots(transport, backend, timeout)
-        return ProbeResult(ok=True, models=_model_ids(payload, ollama=False), idle_slots=idle_slots)
+        return ProbeResult(
+            ok=True,
+            models=_model_ids(payload, ollama=False),
+            idle_slots=idle_slots,
+            degraded=idle_slots == 0,  # every slot busy: routed to after backends with room
+        )
     except BackendError as error:
         return ProbeResult(ok=False, detail=error.message)
 

@@ -3,6 +3,7 @@ failing backend down and bring a recovered one back, and llama-server's loading 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -162,3 +163,44 @@ def test_llama_server_slots_are_read_by_its_probe(
 
     assert rows[0]["idle_slots"] == 3
     assert llama.stats().count("/slots") >= 1
+
+
+def test_a_llama_server_configured_with_a_v1_url_is_probed_at_its_root(
+    fake_backend_factory: FakeBackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    llama = fake_backend_factory(models=(MODEL,), kind="llama-server", max_concurrency=2)
+    config = Backend(id="llama", url=llama.url + "/v1/", kind=BackendKind.LLAMA_SERVER, models=(MODEL,))
+    gw = gateway_factory(Config(backends=(config,)))
+
+    row = httpx.get(gw.url + "/status").json()["backends"][0]
+
+    assert row["state"] == "up"
+    assert row["idle_slots"] == 2
+    assert llama.stats().count("/health") >= 1
+    assert llama.stats().count("/v1/health") == 0
+    assert chat(gw).headers["x-gatewayd-backend"] == "llama"
+
+
+def test_a_llama_server_with_every_slot_busy_is_degraded_and_routed_to_after_one_with_room(
+    fake_backend_factory: FakeBackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    busy = fake_backend_factory(models=(MODEL,), kind="llama-server", max_concurrency=1, hang=True)
+    free = fake_backend_factory(models=(MODEL,), kind="llama-server", max_concurrency=1)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    # another client of the same llama-server holds its only slot
+    holder = threading.Thread(target=lambda: httpx.post(busy.url + CHAT, json=body, timeout=30))
+    holder.start()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while busy.stats().in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    settings = HealthSettings(
+        probe_interval_busy_seconds=FAST_PROBE_SECONDS, probe_interval_idle_seconds=FAST_PROBE_SECONDS
+    )
+    gw = gateway_factory(Config(backends=(backend("busy", busy), backend("free", free)), health=settings))
+    wait_for_state(gw, "busy", BackendState.DEGRADED)
+
+    assert all(chat(gw).headers["x-gatewayd-backend"] == "free" for _ in range(3))
+
+    busy.set(hang=False)
+    holder.join(10)
+    wait_for_state(gw, "busy", BackendState.UP)
