@@ -67,6 +67,8 @@ _port_option = click.option(
     "--port", type=int, metavar="P", help="The instance listening on this port (when several run)."
 )
 
+log = logging.getLogger("gatewayd")
+
 
 # -- run --------------------------------------------------------------------------------------------
 
@@ -92,9 +94,12 @@ def run(config_path: str | None, host: str | None, port: int | None, state_dir: 
     environ = os.environ
     path = resolve_config_path(config_path, environ)
     state = resolve_state_dir(state_dir, environ)
-    settings = load(path, environ=environ).config.logging  # ConfigError is reported before any logging
+    # a ConfigError is reported before any logging is set up
+    loaded = load(path, environ=environ, listen_host=host, listen_port=port)
     events = EventRing()
-    configure_logging(settings, events)
+    configure_logging(loaded.config.logging, events)
+    for warning in loaded.warnings:
+        log.warning("config: %s", warning)
     manager = detect_service_manager(environ, os.getpid())
     factory = GatewayFactory(state_dir=state, listen_host=host, listen_port=port, environ=environ)
     options = runloop.RunOptions(
@@ -104,6 +109,7 @@ def run(config_path: str | None, host: str | None, port: int | None, state_dir: 
         service_manager=manager,
         events=events,
         environ=environ,
+        config=loaded.config,
     )
     try:
         code = runloop.run(factory, options)

@@ -1,15 +1,18 @@
 """Builds a ``Config`` from a YAML file and the environment, and says precisely what is wrong when it cannot.
 
-    load(path, environ=...)
+    load(path, environ=..., listen_host=..., listen_port=...)
       1. read the file and compose its YAML into nodes that carry line numbers (a syntax error stops here)
       2. _NodeReader walks the nodes against the schema's type hints: unknown and duplicate keys, wrong
          types, invalid enum values. A setting that cannot be read falls back to its default so that step 4
          still sees a whole config; a broken section or list entry leaves nothing for step 4 to check.
       3. api_key "env:NAME" values are read from the environment
       4. _semantic_issues: ranges, uniqueness, routes -> backends cross-references
-      5. GATEWAYD_HOST / GATEWAYD_PORT override the file; an unusable value is a warning and is ignored
-      6. the listen host must be a loopback address (this version has no authentication)
-    Every problem found by steps 2 to 6 is collected; one ConfigError lists them all.
+      5. GATEWAYD_HOST / GATEWAYD_PORT override the file; an unusable value (a port out of range, a host that
+         is not loopback) is a warning and is ignored: a stray variable must not stop a service
+      6. the command line's --host / --port override both; an unusable value is an error naming the flag
+      7. the listen host must be a loopback address (this version has no authentication); the error names
+         where the host came from (the file's line, or the flag)
+    Every problem found by steps 2 to 7 is collected; one ConfigError lists them all.
 
 Where the YAML is friendlier than the dataclasses:
 
@@ -106,9 +109,16 @@ class LoadedConfig:
     warnings: tuple[ConfigIssue, ...]
 
 
-def load(path: Path | None, *, environ: Mapping[str, str]) -> LoadedConfig:
+def load(
+    path: Path | None,
+    *,
+    environ: Mapping[str, str],
+    listen_host: str | None = None,
+    listen_port: int | None = None,
+) -> LoadedConfig:
     """Read, validate and return the config at ``path`` (None: the built-in defaults), with the environment
-    overrides applied. Raises ConfigError listing every problem found; never returns a partial config."""
+    overrides and then ``listen_host``/``listen_port`` (the CLI's --host/--port) applied. Raises ConfigError
+    listing every problem found; never returns a partial config."""
     if path is None:
         config: Config | _Invalid = Config()
         at = _Locations("built-in defaults", {})
@@ -123,22 +133,21 @@ def load(path: Path | None, *, environ: Mapping[str, str]) -> LoadedConfig:
     config, key_issues = _resolve_api_keys(config, environ, at)
     issues += [*key_issues, *_semantic_issues(config, at)]
     config, warnings = _apply_environment(config, environ)
-    env_issues: list[ConfigIssue] = []
-    if not is_loopback_host(config.server.host):
+    config, flag_issues = _apply_flags(config, listen_host, listen_port)
+    if not flag_issues and not is_loopback_host(config.server.host):
         message, hint = _public_host_problem(config.server.host)
-        if _env_host(environ) is None:
-            issues.append(at.issue("server.host", message, hint))
+        if listen_host is not None:
+            flag_issues.append(ConfigIssue("--host", message, hint=hint))
         else:
-            env_issues.append(ConfigIssue(HOST_ENV, message, key="server.host", hint=hint))
-    issues = _in_file_order(issues) + env_issues
+            issues.append(at.issue("server.host", message, hint))
+    issues = _in_file_order(issues) + flag_issues
     if issues:
         raise ConfigError(issues)
     return LoadedConfig(config, tuple(warnings))
 
 
-def apply_listen_overrides(config: Config, *, host: str | None, port: int | None) -> Config:
-    """``config`` listening on ``host``/``port`` where given (the CLI's --host/--port). Raises ConfigError
-    for a port outside 0..65535 (0 = any free port), an empty host, or a host that is not loopback."""
+def _apply_flags(config: Config, host: str | None, port: int | None) -> tuple[Config, list[ConfigIssue]]:
+    """``config`` listening on ``host``/``port`` where given; problems name the flag."""
     issues: list[ConfigIssue] = []
     if port is not None and not 0 <= port <= MAX_PORT:
         issues.append(ConfigIssue("--port", f"{port} is not a port number from 0 to {MAX_PORT}"))
@@ -146,17 +155,14 @@ def apply_listen_overrides(config: Config, *, host: str | None, port: int | None
         host = host.strip()
         if not host:
             issues.append(ConfigIssue("--host", "the host must not be empty"))
-        elif not is_loopback_host(host):
-            message, hint = _public_host_problem(host)
-            issues.append(ConfigIssue("--host", message, hint=hint))
     if issues:
-        raise ConfigError(issues)
+        return config, issues
     server = dataclasses.replace(
         config.server,
         host=host or config.server.host,
         port=config.server.port if port is None else port,
     )
-    return dataclasses.replace(config, server=server)
+    return dataclasses.replace(config, server=server), issues
 
 
 def is_loopback_host(host: str) -> bool:
@@ -696,8 +702,11 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> tuple[Conf
     warnings: list[ConfigIssue] = []
     server = config.server
     host = _env_host(environ)
-    if host is not None:
+    if host is not None and is_loopback_host(host):
         server = dataclasses.replace(server, host=host)
+    elif host is not None:
+        message, hint = _public_host_problem(host)
+        warnings.append(ConfigIssue(HOST_ENV, f"{message}; ignored", key="server.host", hint=hint))
     elif HOST_ENV in environ:
         warnings.append(
             ConfigIssue(HOST_ENV, "is empty; ignored", key="server.host", hint=f"unset {HOST_ENV}")

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from gatewayd.config import Config
-from gatewayd.config.loader import apply_listen_overrides, load
+from gatewayd.config.loader import load
 from gatewayd.gateway.app import create_app
 from gatewayd.gateway.backends.pool import BackendPool
 from gatewayd.gateway.backends.transport import Transport
@@ -42,10 +42,15 @@ class GatewayFactory:
         self.metrics = Metrics()
 
     def load_config(self, path: str | None) -> Config:
-        loaded = load(Path(path) if path else None, environ=self._environ)
+        loaded = load(
+            Path(path) if path else None,
+            environ=self._environ,
+            listen_host=self._listen_host,
+            listen_port=self._listen_port,
+        )
         for warning in loaded.warnings:
             log.warning("config: %s", warning)
-        return apply_listen_overrides(loaded.config, host=self._listen_host, port=self._listen_port)
+        return loaded.config
 
     @asynccontextmanager
     async def generation(

@@ -24,6 +24,7 @@ import socket
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
+from gatewayd.config.loader import is_loopback_host
 from gatewayd.errors import StartupError
 
 log = logging.getLogger("gatewayd.supervisor")
@@ -73,14 +74,34 @@ def open_listener(
     """
     if inherited_fd is not None:
         return Listener(_adopt(inherited_fd, "inherited from the parent process"), ListenerOrigin.INHERITED)
-    activated = take_systemd_fds(environ, os.getpid())
-    if activated:
-        first, *extra = activated
-        for fd in extra:
-            log.warning("ignoring extra socket-activated fd %d: gatewayd listens on one socket", fd)
-            os.close(fd)
-        return Listener(_adopt(first, "passed by systemd socket activation"), ListenerOrigin.SYSTEMD)
+    activated = activated_listener(environ)
+    if activated is not None:
+        return activated
     return Listener(bind_listener(host, port, backlog=backlog), ListenerOrigin.BOUND)
+
+
+def activated_listener(environ: MutableMapping[str, str]) -> Listener | None:
+    """The socket systemd passed us, or None when not socket-activated. Extra fds are closed.
+
+    Raises StartupError when the fd is not a listening TCP socket, or listens on an address that is not
+    loopback (this version has no authentication, so it must not be reachable from other machines)."""
+    activated = take_systemd_fds(environ, os.getpid())
+    if not activated:
+        return None
+    first, *extra = activated
+    for fd in extra:
+        log.warning("ignoring extra socket-activated fd %d: gatewayd listens on one socket", fd)
+        os.close(fd)
+    listener = Listener(_adopt(first, "passed by systemd socket activation"), ListenerOrigin.SYSTEMD)
+    if not is_loopback_host(listener.host):
+        address, port = listener.address, listener.port
+        listener.close()
+        raise StartupError(
+            f"the socket passed by systemd listens on {address}, which is not a loopback address; "
+            "listening on a public address requires authentication, which this version does not provide: "
+            f"set ListenStream=127.0.0.1:{port} in the .socket unit"
+        )
+    return listener
 
 
 def take_systemd_fds(environ: MutableMapping[str, str], pid: int) -> list[int]:

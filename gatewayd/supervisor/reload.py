@@ -83,9 +83,10 @@ class Reloader:
     def __init__(self, loop: RunLoop) -> None:
         self.loop = loop
 
-    async def reload(self) -> None:
+    async def reload(self, recovery: Config | None = None) -> None:
         """One reload. Returns when its outcome is recorded (and, after a respawn, the handoff has begun).
-        Raises only cancellation."""
+        ``recovery``: the serving generation failed; start a new one, in process, from this config (the one
+        it served) instead of reading the file, which may have changed since. Raises only cancellation."""
         loop = self.loop
         state_dir, port = loop.options.state_dir, loop.instance.port
         try:
@@ -94,11 +95,15 @@ class Reloader:
             log.warning("cannot read pending reload requests: %s", error)
             requests = []
         respawn_requested = any(request.respawn for request in requests)
-        if requests:
+        if recovery is not None:
+            reason = "recovery"
+        elif requests:
             reason = "cli"
         else:
             reason = "systemd" if loop.service_manager is ServiceManager.SYSTEMD else "signal"
         asked_mode = RestartMode.RESPAWN if respawn_requested else loop.config.restart.mode
+        if recovery is not None:
+            asked_mode, respawn_requested = RestartMode.IN_PROCESS, False
         attempt = _Attempt(
             request_ids=tuple(request.id for request in requests),
             reason=reason,
@@ -116,7 +121,7 @@ class Reloader:
         handoff = False
         cancelled = False
         try:
-            outcome, handoff = await self._reload(attempt, respawn_requested)
+            outcome, handoff = await self._reload(attempt, respawn_requested, recovery)
         except anyio.get_cancelled_exc_class():
             cancelled = True
             outcome = attempt.outcome(
@@ -147,10 +152,15 @@ class Reloader:
         except OSError as error:
             log.error("cannot record the reload outcome: %s", error)
 
-    async def _reload(self, attempt: _Attempt, respawn_requested: bool) -> tuple[ReloadOutcome, bool]:
+    async def _reload(
+        self, attempt: _Attempt, respawn_requested: bool, recovery: Config | None
+    ) -> tuple[ReloadOutcome, bool]:
         loop = self.loop
         try:
-            config = await anyio.to_thread.run_sync(loop.factory.load_config, loop.options.config_path)
+            if recovery is not None:
+                config = recovery
+            else:
+                config = await anyio.to_thread.run_sync(loop.factory.load_config, loop.options.config_path)
         except ConfigError as error:
             for issue in error.issues:
                 log.error("config: %s", issue)
@@ -164,7 +174,7 @@ class Reloader:
                 False,
             )
         self._warn_if_listen_changed(config)
-        respawn = respawn_requested or config.restart.mode is RestartMode.RESPAWN
+        respawn = recovery is None and (respawn_requested or config.restart.mode is RestartMode.RESPAWN)
         notes: list[str] = []
         if respawn and loop.service_manager is ServiceManager.LAUNCHD:
             respawn = False

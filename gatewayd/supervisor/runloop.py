@@ -29,6 +29,7 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, MutableMapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ import anyio.to_thread
 
 from gatewayd.config import Config
 from gatewayd.config.loader import redacted
+from gatewayd.config.paths import STATE_DIR_ENV
 from gatewayd.errors import EXIT_FAILURE, ReloadError, StartupError
 from gatewayd.supervisor.contract import GenerationFactory
 from gatewayd.supervisor.diagnostics import EventRing, write_bundle
@@ -45,7 +47,13 @@ from gatewayd.supervisor.dispatcher import Dispatcher
 from gatewayd.supervisor.forceexit import ForceExitWatchdog
 from gatewayd.supervisor.generations import END_STREAMS_GRACE_SECONDS, GenerationRunner
 from gatewayd.supervisor.instance import InstanceState
-from gatewayd.supervisor.listeners import open_listener
+from gatewayd.supervisor.listeners import (
+    Listener,
+    ListenerOrigin,
+    activated_listener,
+    bind_listener,
+    open_listener,
+)
 from gatewayd.supervisor.notify import Notifier
 from gatewayd.supervisor.portlock import PortLock
 from gatewayd.supervisor.reload import Reloader
@@ -81,6 +89,8 @@ class RunOptions:
     environ: MutableMapping[str, str] = field(default_factory=lambda: os.environ)
     lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS
     use_uvloop: bool = True
+    #: the config as the caller already loaded it (with its warnings logged); None: the run loop loads it
+    config: Config | None = None
 
 
 def run(factory: GenerationFactory, options: RunOptions) -> int:
@@ -90,45 +100,78 @@ def run(factory: GenerationFactory, options: RunOptions) -> int:
     holds the port), StartupError (the socket cannot be bound, or the first generation failed to start; the
     message says why). The lock and the socket are released on every path.
     """
+    # Until the run loop's signal receiver is installed, a SIGUSR1/SIGHUP (from a CLI that found the lock
+    # record) would kill the process with the default action: hold them pending until then.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        return _run(factory, options)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _run(factory: GenerationFactory, options: RunOptions) -> int:
     started_at = time.time()
     inheritance = take_inheritance(options.environ)
     service_manager = ServiceManager(inheritance.service_manager) if inheritance else options.service_manager
-    config = factory.load_config(options.config_path)
-    if inheritance is not None:
-        lock = PortLock.inherit(options.state_dir, inheritance.port, inheritance.lock)
-        started_at = inheritance.started_at
-    else:
-        lock = PortLock(options.state_dir, config.server.port)
-        lock.acquire(timeout_seconds=options.lock_timeout_seconds)
-    try:
-        listener = open_listener(
-            config.server.host,
-            config.server.port,
-            backlog=config.server.backlog,
-            inherited_fd=inheritance.listen if inheritance else None,
-            environ=options.environ,
-        )
-        try:
-            instance = InstanceState(
-                lock=lock,
-                listener=listener,
-                state_dir=options.state_dir,
-                config_path=options.config_path,
-                started_at=started_at,
-                generation=inheritance.generation if inheritance else 0,
-                restarts=inheritance.restarts if inheritance else 0,
+    config = options.config if options.config is not None else factory.load_config(options.config_path)
+    with ExitStack() as cleanup:
+        if inheritance is not None:
+            lock = PortLock.inherit(options.state_dir, inheritance.port, inheritance.lock)
+            cleanup.callback(lock.release)
+            started_at = inheritance.started_at
+            listener = open_listener(
+                config.server.host,
+                config.server.port,
+                backlog=config.server.backlog,
+                inherited_fd=inheritance.listen,
+                environ=options.environ,
             )
-            if inheritance is None:
-                # A respawned child leaves the parent's record alone until it serves (publish writes it):
-                # until then the parent is the instance, and the child may still be killed.
+            cleanup.callback(listener.close)
+        else:
+            # a socket-activated instance is locked by the port systemd's socket has, not the config's
+            activated = activated_listener(options.environ)
+            if activated is not None:
+                cleanup.callback(activated.close)
+            lock = PortLock(options.state_dir, activated.port if activated else config.server.port)
+            try:
+                lock.acquire(timeout_seconds=options.lock_timeout_seconds)
+            except OSError as error:
+                raise _state_dir_error(options.state_dir, error) from error
+            cleanup.callback(lock.release)
+            if activated is None:
+                listener = Listener(
+                    bind_listener(config.server.host, config.server.port, backlog=config.server.backlog),
+                    ListenerOrigin.BOUND,
+                )
+                cleanup.callback(listener.close)
+            else:
+                listener = activated
+        instance = InstanceState(
+            lock=lock,
+            listener=listener,
+            state_dir=options.state_dir,
+            config_path=options.config_path,
+            started_at=started_at,
+            generation=inheritance.generation if inheritance else 0,
+            restarts=inheritance.restarts if inheritance else 0,
+        )
+        if inheritance is None:
+            # A respawned child leaves the parent's record alone until it serves (publish writes it):
+            # until then the parent is the instance, and the child may still be killed.
+            try:
                 instance.write_record()
-            loop = RunLoop(factory, options, config, instance, service_manager, inheritance)
-            use_uvloop = options.use_uvloop and importlib.util.find_spec("uvloop") is not None
-            return anyio.run(loop.main, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
-        finally:
-            listener.close()
-    finally:
-        lock.release()
+            except OSError as error:
+                raise _state_dir_error(options.state_dir, error) from error
+        loop = RunLoop(factory, options, config, instance, service_manager, inheritance)
+        use_uvloop = options.use_uvloop and importlib.util.find_spec("uvloop") is not None
+        return anyio.run(loop.main, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+
+
+def _state_dir_error(state_dir: Path, error: OSError) -> StartupError:
+    return StartupError(
+        f"cannot use the state directory {state_dir}: {error.strerror or error}; "
+        f"pass --state-dir DIR or set {STATE_DIR_ENV} to a directory this user can write"
+    )
 
 
 @dataclass(frozen=True)
@@ -171,6 +214,8 @@ class RunLoop:
         self._lifecycle_scope: anyio.CancelScope | None = None
         self._lifecycle_done: anyio.Event | None = None
         self._reload_wanted: anyio.Event | None = None
+        #: set when the serving generation failed: the next reload restarts it from this config
+        self._recovery: Config | None = None
         self._stopping = False
         self._handoff = False
         #: the signal that asked to stop (None for a handoff or an internal stop)
@@ -198,6 +243,7 @@ class RunLoop:
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
             with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # held since run() began
                 task_group.start_soon(self._pump_signals, signals)
                 log.info(
                     "socket http://%s (%s); starting the gateway",
@@ -300,7 +346,8 @@ class RunLoop:
                     assert self._reload_wanted is not None
                     await self._reload_wanted.wait()
                     self._reload_wanted = anyio.Event()
-                    await reloader.reload()
+                    recovery, self._recovery = self._recovery, None
+                    await reloader.reload(recovery)
         finally:
             self._lifecycle_done.set()
 
@@ -363,6 +410,7 @@ class RunLoop:
                 "the serving generation %d failed (%s); reloading the same config", runner.number, error
             )
             self.write_bundle_soon("generation-failed", error)
+            self._recovery = runner.config  # the config it served, not the file, which may have changed
             self._request_reload("generation failure")
 
     # -- stop -----------------------------------------------------------------------------------------

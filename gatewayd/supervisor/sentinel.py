@@ -38,7 +38,7 @@ HISTORY_LIMIT = 200
 OUTCOME_POLL_INTERVAL_SECONDS = 0.05
 
 RELOAD_MODES = frozenset({"in-process", "respawn"})
-RELOAD_REASONS = frozenset({"signal", "cli", "systemd"})
+RELOAD_REASONS = frozenset({"signal", "cli", "systemd", "recovery"})
 RELOAD_RESULTS = frozenset({"ok", "rejected", "error", "fallback"})
 
 
@@ -60,7 +60,7 @@ class ReloadOutcome:
     request_ids: tuple[str, ...]
     kind: str  #: "reload"
     mode: str  #: "in-process" | "respawn"
-    reason: str  #: "signal" | "cli" | "systemd"
+    reason: str  #: "signal" | "cli" | "systemd" | "recovery" (the serving generation failed)
     #: "ok": the new config serves; "rejected": the new config is invalid, the old generation keeps
     #: serving; "error": the new generation failed to start, the old one keeps serving; "fallback": a respawn
     #: failed and the reload was done in process instead

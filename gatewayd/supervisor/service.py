@@ -27,12 +27,13 @@ from string import Template
 from xml.sax.saxutils import escape
 
 from gatewayd.config import DEFAULT_HOST, ServerSettings
+from gatewayd.config.paths import STATE_DIR_ENV
 
 #: set by the shipped unit files: "systemd" or "launchd" ("none" forces stand-alone behaviour)
 SUPERVISOR_MARKER_ENV = "GATEWAYD_SUPERVISOR"
 LAUNCHD_LABEL_ENV = "GATEWAYD_LAUNCHD_LABEL"
 DEFAULT_LAUNCHD_LABEL = "io.gatewayd.gatewayd"
-STATE_DIR_ENV = "GATEWAYD_STATE_DIR"
+
 #: first systemd release with Type=notify-reload and ReloadSignal=
 NOTIFY_RELOAD_SYSTEMD_VERSION = 253
 #: how long ``installed_systemd_version`` waits for ``systemctl --version``

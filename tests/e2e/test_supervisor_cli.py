@@ -118,3 +118,13 @@ def test_under_systemd_a_second_run_exits_78(tmp_path: Path) -> None:
         with GatewaydProcess.gatewayd(tmp_path, config, port=port, name="third") as third:
             assert third.wait_exit(20) == 1
         assert first.stop() == 0
+
+
+def test_an_unusable_state_directory_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = cli("run", "--port", str(free_port()), state_dir=blocker / "state")
+    assert result.returncode == 1
+    assert f"cannot use the state directory {blocker / 'state'}" in result.stderr
+    assert "--state-dir" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -189,6 +189,19 @@ def test_a_reload_requested_during_startup_runs_after_startup(tmp_path: Path) ->
         assert gw.stop() == 0
 
 
+def test_a_reload_signal_sent_as_soon_as_the_lock_record_appears_does_not_kill_the_process(
+    tmp_path: Path,
+) -> None:
+    # a CLI finds an instance through its lock record: the record appears before the event loop runs, and a
+    # signal in that window must wait for the run loop rather than take its default action (terminate)
+    with GatewaydProcess.test_app(tmp_path, marker="early") as gw:
+        wait_for(lambda: gw.record() is not None, timeout=10, interval=0.001, what="the lock record")
+        gw.signal(signal.SIGUSR1)
+        gw.wait_ready()
+        wait_for(lambda: gw.get("/config").json()["generation"] == 2, timeout=10, what="the reload")
+        assert gw.stop() == 0
+
+
 def test_sighup_reloads_too_and_a_listen_change_is_warned_about(tmp_path: Path) -> None:
     with GatewaydProcess.test_app(tmp_path, marker="v1") as gw:
         gw.wait_ready()
@@ -223,11 +236,15 @@ def test_an_exception_anywhere_in_a_reload_is_recorded_and_the_next_reload_works
 def test_a_serving_generation_that_dies_is_replaced_from_the_same_config(tmp_path: Path) -> None:
     with GatewaydProcess.test_app(tmp_path, marker="same") as gw:
         gw.wait_ready()
+        rewrite(gw, "edited-but-not-reloaded")  # the replacement serves what was serving, not the file
         assert gw.get("/crash").status_code == 200
         wait_for(lambda: gw.get("/config").json()["generation"] == 2, timeout=10, what="the replacement")
         assert marker(gw) == "same"
         logs = gw.logs()
         assert "generation 1 failed" in logs
         assert "crashed (/crash)" in logs
+        outcome = last_outcome(gw.state_dir, gw.port)
+        assert outcome is not None
+        assert (outcome.reason, outcome.outcome) == ("recovery", "ok")
         assert list((gw.state_dir / "diagnostics").glob("bundle-*generation-failed*.json"))
         assert gw.stop() == 0

@@ -48,7 +48,7 @@ from urllib.parse import parse_qs
 import anyio
 
 from gatewayd.config import Config
-from gatewayd.config.loader import apply_listen_overrides, load
+from gatewayd.config.loader import load
 from gatewayd.errors import GatewaydError
 from gatewayd.supervisor.contract import InstanceInfo, Receive, Scope, Send
 from gatewayd.supervisor.diagnostics import EventRing
@@ -165,8 +165,7 @@ class TestFactory:
     def load_config(self, path: str | None) -> Config:
         if path and "# crash-load" in Path(path).read_text():
             raise RuntimeError("load_config crashed (crash-load)")
-        loaded = load(Path(path) if path else None, environ=os.environ)
-        return apply_listen_overrides(loaded.config, host=None, port=self._port)
+        return load(Path(path) if path else None, environ=os.environ, listen_port=self._port).config
 
     @asynccontextmanager
     async def generation(

@@ -25,8 +25,16 @@ def write_config(directory: Path, text: str) -> Path:
     return path
 
 
-def load_text(directory: Path, text: str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
-    return load(write_config(directory, text), environ=environ or {})
+def load_text(
+    directory: Path,
+    text: str,
+    environ: Mapping[str, str] | None = None,
+    listen_host: str | None = None,
+    listen_port: int | None = None,
+) -> LoadedConfig:
+    return load(
+        write_config(directory, text), environ=environ or {}, listen_host=listen_host, listen_port=listen_port
+    )
 
 
 def issues_of(directory: Path, text: str, environ: Mapping[str, str] | None = None) -> list[ConfigIssue]:

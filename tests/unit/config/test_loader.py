@@ -10,7 +10,6 @@ from gatewayd.config import Backend, BackendKind, Config, LogFormat, RestartMode
 from gatewayd.config.loader import (
     HOST_ENV,
     PORT_ENV,
-    apply_listen_overrides,
     is_loopback_host,
     load,
     redacted,
@@ -570,12 +569,13 @@ def test_an_empty_host_variable_is_a_warning_and_ignored() -> None:
     assert (warning.source, warning.message) == (HOST_ENV, "is empty; ignored")
 
 
-def test_a_public_host_from_the_environment_is_an_error_naming_the_variable() -> None:
-    with pytest.raises(ConfigError) as caught:
-        load(None, environ={HOST_ENV: "0.0.0.0"})
-    (issue,) = caught.value.issues
-    assert (issue.source, issue.key, issue.line) == (HOST_ENV, "server.host", None)
-    assert "requires authentication" in issue.message
+def test_a_public_host_from_the_environment_is_a_warning_and_ignored() -> None:
+    loaded = load(None, environ={HOST_ENV: "0.0.0.0"})
+    assert loaded.config.server.host == "127.0.0.1"
+    (warning,) = loaded.warnings
+    assert (warning.source, warning.key, warning.line) == (HOST_ENV, "server.host", None)
+    assert "requires authentication" in warning.message
+    assert warning.message.endswith("ignored")
 
 
 def test_a_loopback_host_from_the_environment_replaces_a_public_one_in_the_file(tmp_path: Path) -> None:
@@ -583,12 +583,25 @@ def test_a_loopback_host_from_the_environment_replaces_a_public_one_in_the_file(
     assert loaded.config.server.host == "127.0.0.1"
 
 
-def test_listen_overrides_from_the_command_line() -> None:
-    config = Config()
-    assert apply_listen_overrides(config, host=None, port=None) == config
-    changed = apply_listen_overrides(config, host="::1", port=0)
-    assert (changed.server.host, changed.server.port) == ("::1", 0)
-    assert changed.server.backlog == config.server.backlog
+def test_listen_overrides_from_the_command_line_win_over_file_and_environment(tmp_path: Path) -> None:
+    assert load(None, environ={}, listen_host=None, listen_port=None).config == Config()
+    changed = load_text(
+        tmp_path, "server:\n  port: 8000\n  backlog: 7\n", {HOST_ENV: "localhost", PORT_ENV: "9000"}, "::1", 0
+    ).config
+    assert (changed.server.host, changed.server.port, changed.server.backlog) == ("::1", 0, 7)
+
+
+def test_a_loopback_host_flag_replaces_a_public_host_in_the_file(tmp_path: Path) -> None:
+    loaded = load_text(tmp_path, "server:\n  host: 0.0.0.0\n", {}, "127.0.0.1")
+    assert loaded.config.server.host == "127.0.0.1"
+
+
+def test_a_public_host_in_the_file_is_an_error_at_its_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, "server:\n  port: 8000\n  host: 0.0.0.0\n")
+    (issue,) = caught.value.issues
+    assert (issue.key, issue.line) == ("server.host", 3)
+    assert "requires authentication" in issue.message
 
 
 @pytest.mark.parametrize(
@@ -602,7 +615,7 @@ def test_listen_overrides_from_the_command_line() -> None:
 )
 def test_bad_listen_overrides_raise(host: str | None, port: int | None, source: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        apply_listen_overrides(Config(), host=host, port=port)
+        load(None, environ={}, listen_host=host, listen_port=port)
     (issue,) = caught.value.issues
     assert issue.source == source
     assert message in issue.message

@@ -112,3 +112,32 @@ def test_socket_activation_adopts_fd_3_in_a_real_process(listening: socket.socke
     )
     port = listening.getsockname()[1]
     assert result.stdout.split() == ["systemd", str(port), "3", "False", "False", "False"]
+
+
+def test_a_socket_activated_on_a_public_address_is_refused_in_a_real_process() -> None:
+    public = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    public.bind(("0.0.0.0", 0))
+    public.listen(4)
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from gatewayd.errors import StartupError
+        from gatewayd.supervisor.listeners import activated_listener
+        os.dup2(int(sys.argv[1]), 3)
+        os.close(int(sys.argv[1]))
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LISTEN_FDS"] = "1"
+        try:
+            activated_listener(os.environ)
+        except StartupError as error:
+            print(error)
+        """
+    )
+    with public:
+        fd = public.fileno()
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(fd)], pass_fds=[fd], capture_output=True, text=True, check=True
+        )
+        port = public.getsockname()[1]
+    assert f"listens on 0.0.0.0:{port}, which is not a loopback address" in result.stdout
+    assert f"ListenStream=127.0.0.1:{port}" in result.stdout
