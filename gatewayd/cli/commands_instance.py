@@ -308,7 +308,7 @@ def fetch_live_status(record: LockRecord) -> Mapping[str, object] | None:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(record.host, record.host)
     netloc = f"[{host}]:{record.port}" if ":" in host else f"{host}:{record.port}"
     try:
-        response = httpx.get(f"http://{netloc}/status", timeout=STATUS_HTTP_TIMEOUT_SECONDS)
+        response = httpx.get(f"http://{netloc}/status", timeout=STATUS_HTTP_TIMEOUT_SECONDS, trust_env=False)
         body = response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None

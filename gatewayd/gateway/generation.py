@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from quart import Quart
 
@@ -78,7 +79,7 @@ class GatewayGeneration:
             {
                 "id": r.config.id,
                 "kind": r.config.kind.value,
-                "url": r.config.url,
+                "url": _without_userinfo(r.config.url),
                 "state": r.health.state.value,
                 "in_flight": r.admission.in_flight,
                 "max_concurrency": r.admission.capacity,
@@ -126,3 +127,15 @@ class GatewayGeneration:
 
     def gauge_generation(self) -> list[tuple[LabelValues, float]]:
         return [(("draining" if self.draining else "serving",), 1.0)]
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` removed: /status is readable by every local client."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit(parts._replace(netloc=netloc))

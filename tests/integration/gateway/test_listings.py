@@ -3,6 +3,7 @@ and unknown endpoints, as the official clients (or a plain HTTP client) see them
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +38,12 @@ def setup() -> Iterator[Setup]:
         config = Config(
             backends=(
                 Backend(id="up", url=fake.url, kind=BackendKind.OPENAI),
-                Backend(id="down", url=closed_port_url(), kind=BackendKind.OLLAMA, models=("m2",)),
+                Backend(
+                    id="down",
+                    url=closed_port_url().replace("://", "://user:s3cret@"),
+                    kind=BackendKind.OLLAMA,
+                    models=("m2",),
+                ),
             ),
             routes=(
                 Route(
@@ -111,6 +117,8 @@ def test_status(gw: RunningGateway) -> None:
     assert backends["up"]["max_concurrency"] == 4
     assert backends["down"]["state"] == "down"
     assert backends["down"]["last_error"]
+    assert backends["down"]["url"].startswith("http://127.0.0.1:")  # credentials in a url are not shown
+    assert "s3cret" not in json.dumps(status)
     assert [row["name"] for row in status["models"]] == ["chat", "extra", "m1", "m2"]
     assert status["models"][0]["routed"] is True
 
