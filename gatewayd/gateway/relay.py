@@ -368,7 +368,12 @@ class Relay:
         usage = translation.stream()
         marker = b'"usage"' if framing is Framing.SSE else b'"done"'
         rest = b""
+        waiting_since = time.perf_counter()
         async for data in upstream.chunks():
+            if not exchange.started:  # the wait for the first event is the backend's time, not ours
+                now = time.perf_counter()
+                exchange.upstream_time += now - waiting_since
+                waiting_since = now
             complete, rest = split_complete(rest + data if rest else data, framing)
             if not complete:
                 continue
@@ -402,7 +407,12 @@ class Relay:
         sse = translation.upstream_framing is Framing.SSE
         decoder: SSEDecoder | NDJSONDecoder = SSEDecoder() if sse else NDJSONDecoder()
         finished = False
+        waiting_since = time.perf_counter()
         async for data in upstream.chunks():
+            if not exchange.started:  # the wait for the first event is the backend's time, not ours
+                now = time.perf_counter()
+                exchange.upstream_time += now - waiting_since
+                waiting_since = now
             out: list[bytes] = []
             for payload in _decode(decoder, data, sse):
                 if payload is None:

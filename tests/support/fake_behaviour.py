@@ -26,6 +26,8 @@ class Behaviour:
     chunk_delay_seconds: float = 0.0
     #: pause before the response headers are sent (prompt processing)
     first_byte_delay_seconds: float = 0.0
+    #: streams only: pause after the response headers, before the first event (time to first token)
+    first_chunk_delay_seconds: float = 0.0
     #: answer with this HTTP status and the dialect's error body instead of a reply
     fail_status: int | None = None
     #: None: faults apply to every request. N: only the next N faulted requests see a fault, then every
@@ -76,7 +78,12 @@ class Behaviour:
         return dataclasses.asdict(self)
 
 
-_FLOAT_FIELDS = {"chunk_delay_seconds", "first_byte_delay_seconds", "retry_after"}
+_FLOAT_FIELDS = {
+    "chunk_delay_seconds",
+    "first_byte_delay_seconds",
+    "first_chunk_delay_seconds",
+    "retry_after",
+}
 _BOOL_FIELDS = {"garbage", "hang", "fail_probes", "loading"}
 _OPTIONAL_FIELDS = {"fail_status", "fail_times", "die_after_chunks", "retry_after"}
 _MINIMUM = {"chunks": 1, "max_concurrency": 1, "dim": 1, "fail_status": 100}

@@ -163,6 +163,8 @@ async def write_stream(
     state = request.app[STATE]
     await response.prepare(request)
     try:
+        if behaviour.first_chunk_delay_seconds > 0:
+            await anyio.sleep(behaviour.first_chunk_delay_seconds)
         for frame in head:
             await response.write(frame)
         for index, piece in enumerate(pieces):

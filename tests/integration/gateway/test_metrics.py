@@ -119,6 +119,27 @@ def test_every_metric_family_is_exported_with_its_labels_after_traffic(
     assert sample(samples, "gatewayd_generation", state="serving") == 1
 
 
+@pytest.mark.parametrize("client_dialect", ["openai", "ollama"])
+def test_the_overhead_histogram_leaves_out_the_backends_wait_for_its_first_token(
+    fake_backend_factory: FakeBackendFactory, gateway_factory: GatewayFactory, client_dialect: str
+) -> None:
+    slow_first_token = 0.5
+    fake = fake_backend_factory(models=(MODEL,), first_chunk_delay_seconds=slow_first_token)
+    gw = gateway_factory(Config(backends=(backend("b", fake),)))
+    chunks: list[object]
+    if client_dialect == "openai":  # relayed as bytes
+        with openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client:
+            chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+    else:  # translated
+        with ollama.Client(host=gw.url) as other:
+            chunks = list(other.chat(model=MODEL, messages=MESSAGES, stream=True))
+    assert len(chunks) > 1
+
+    _, samples = scrape_once_counted(gw, 1)
+    assert sample(samples, "gatewayd_time_to_first_token_seconds_sum", model=MODEL) >= slow_first_token
+    assert sample(samples, "gatewayd_overhead_seconds_sum") < slow_first_token / 2
+
+
 def test_gauges_show_requests_in_flight_and_queued(
     fake_backend_factory: FakeBackendFactory, gateway_factory: GatewayFactory
 ) -> None:
