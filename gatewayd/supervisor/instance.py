@@ -16,7 +16,7 @@ from pathlib import Path
 from gatewayd import __version__
 from gatewayd.supervisor.listeners import Listener
 from gatewayd.supervisor.portlock import LockRecord, PortLock
-from gatewayd.supervisor.sentinel import last_outcome
+from gatewayd.supervisor.sentinel import ReloadOutcome, last_outcome
 
 
 class InstanceState:
@@ -41,6 +41,8 @@ class InstanceState:
         self.generation = generation
         self.restarts = restarts
         self.pid = os.getpid()
+        #: the latest reload outcome of this instance, kept in memory so /status reads no file
+        self.last_reload: ReloadOutcome | None = None
 
     @property
     def port(self) -> int:
@@ -50,12 +52,9 @@ class InstanceState:
     def snapshot(self) -> Mapping[str, object]:
         """pid, started_at, uptime_seconds, generation, restarts, last_reload, listen, config_path, version.
 
-        ``last_reload`` is the latest recorded reload outcome of this instance (None if it never reloaded);
-        reading it touches one small file."""
-        outcome = last_outcome(self.state_dir, self.port)
-        last_reload = (
-            outcome.to_json() if outcome is not None and outcome.started_at >= self.started_at else None
-        )
+        ``last_reload`` is the latest reload outcome of this instance (None if it never reloaded)."""
+        outcome = self.last_reload
+        last_reload = outcome.to_json() if outcome is not None else None
         return {
             "pid": self.pid,
             "started_at": self.started_at,
@@ -67,6 +66,15 @@ class InstanceState:
             "config_path": self.config_path,
             "version": __version__,
         }
+
+    def refresh_last_reload(self) -> None:
+        """Read the latest recorded reload outcome (one small file; blocking: run it off the event loop).
+        Raises OSError if the state directory cannot be read."""
+        outcome = last_outcome(self.state_dir, self.port)
+        if outcome is None or outcome.started_at < self.started_at:
+            return
+        if self.last_reload is None or outcome.started_at >= self.last_reload.started_at:
+            self.last_reload = outcome
 
     def write_record(self) -> None:
         """Rewrite the lock record (after every generation change). Raises OSError if it cannot."""

@@ -143,6 +143,7 @@ class Reloader:
     async def _record(self, outcome: ReloadOutcome | None) -> None:
         if outcome is None:
             return
+        self.loop.instance.last_reload = outcome
         level = logging.INFO if outcome.outcome == "ok" else logging.WARNING
         log.log(level, "reload %s: %s (%.3fs)", outcome.outcome, outcome.message, outcome.duration_seconds)
         try:
@@ -198,6 +199,7 @@ class Reloader:
             message = f"generation {number} failed to start: {error}; still serving generation {serving}"
             return attempt.outcome("error", "; ".join([*notes, message]), mode="in-process"), False
         loop.publish(runner)
+        await loop.write_record()
         message = "; ".join([*notes, f"generation {number} serving"])
         kind = "fallback" if fallback is not None else "ok"
         return attempt.outcome(

@@ -21,6 +21,7 @@ every reload is wrapped so that its failure is recorded and the loop goes on (re
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -29,7 +30,6 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, MutableMapping
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +114,7 @@ def _run(factory: GenerationFactory, options: RunOptions) -> int:
     inheritance = take_inheritance(options.environ)
     service_manager = ServiceManager(inheritance.service_manager) if inheritance else options.service_manager
     config = options.config if options.config is not None else factory.load_config(options.config_path)
-    with ExitStack() as cleanup:
+    with contextlib.ExitStack() as cleanup:
         if inheritance is not None:
             lock = PortLock.inherit(options.state_dir, inheritance.port, inheritance.lock)
             cleanup.callback(lock.release)
@@ -155,6 +155,8 @@ def _run(factory: GenerationFactory, options: RunOptions) -> int:
             generation=inheritance.generation if inheritance else 0,
             restarts=inheritance.restarts if inheritance else 0,
         )
+        with contextlib.suppress(OSError):
+            instance.refresh_last_reload()
         if inheritance is None:
             # A respawned child leaves the parent's record alone until it serves (publish writes it):
             # until then the parent is the instance, and the child may still be killed.
@@ -214,6 +216,7 @@ class RunLoop:
         self._lifecycle_scope: anyio.CancelScope | None = None
         self._lifecycle_done: anyio.Event | None = None
         self._reload_wanted: anyio.Event | None = None
+        self._record_lock: anyio.Lock | None = None
         #: set when the serving generation failed: the next reload restarts it from this config
         self._recovery: Config | None = None
         self._stopping = False
@@ -229,6 +232,7 @@ class RunLoop:
     async def main(self) -> int:
         """Serve until stopped. Returns the exit code; raises StartupError if the first generation failed."""
         self._reload_wanted = anyio.Event()
+        self._record_lock = anyio.Lock()
         self._lifecycle_done = anyio.Event()
         self._lifecycle_scope = anyio.CancelScope()
         self._warn_about_bounds(self.config)
@@ -362,6 +366,7 @@ class RunLoop:
             self.exit(EXIT_FAILURE)
             return False
         self.publish(runner)
+        await self.write_record()
         # Accepting starts only now: until then connections wait in the listen queue (or, during a respawn,
         # are taken by the parent, which still serves) instead of being answered "starting".
         assert self._task_group is not None
@@ -388,21 +393,28 @@ class RunLoop:
         return runner
 
     def publish(self, runner: GenerationRunner) -> None:
-        """Make ``runner`` the current generation and retire the previous one (it drains on its own task)."""
+        """Make ``runner`` the current generation and retire the previous one (it drains on its own task).
+        The caller then awaits ``write_record``."""
         old = self.current
         self.dispatcher.swap(runner.slot)
         self.current = runner
         self.config = runner.config
         self.instance.generation = runner.number
         self.server.apply_settings(runner.config.server)
-        try:
-            self.instance.write_record()
-        except OSError as error:
-            log.warning("cannot rewrite the lock record: %s", error)
         if old is not None:
             old.retire(drain_timeout_seconds=self.config.restart.drain_timeout_seconds)
         self.runners = {each for each in self.runners if not each.closed}
         self.notifier.status(self.status_line())
+
+    async def write_record(self) -> None:
+        """Rewrite the lock record from the instance's current state, off the event loop (it fsyncs).
+        Writes are serialised, and each writes the state current when it runs, so the last one wins."""
+        assert self._record_lock is not None
+        async with self._record_lock:
+            try:
+                await anyio.to_thread.run_sync(self.instance.write_record)
+            except OSError as error:
+                log.warning("cannot rewrite the lock record: %s", error)
 
     def _generation_failed(self, runner: GenerationRunner, error: BaseException) -> None:
         if runner is self.current and not self._stopping:
@@ -477,6 +489,9 @@ class RunLoop:
         period = min(interval, STATUS_INTERVAL_SECONDS) if interval else STATUS_INTERVAL_SECONDS
         last_status = ""
         while True:
+            # another process may have recorded an outcome (the parent of a respawn, after its handoff)
+            with contextlib.suppress(OSError):
+                await anyio.to_thread.run_sync(self.instance.refresh_last_reload)
             self.notifier.watchdog()
             line = self.status_line()
             if line != last_status and self.notifier.enabled:
