@@ -12,7 +12,7 @@ import pytest
 
 from gatewayd.supervisor.sentinel import last_outcome
 from tests.support.load import HttpLoad
-from tests.support.process import REPO_ROOT, GatewaydProcess, process_alive, wait_for
+from tests.support.process import REPO_ROOT, GatewaydProcess, Stream, process_alive, wait_for
 from tests.support.supervisor_apps import write_config
 
 pytestmark = pytest.mark.slow
@@ -184,3 +184,28 @@ def test_a_reload_signal_reaching_the_old_process_during_the_handoff_is_forwarde
         assert "forwarded to pid" in gw.logs()
         assert gw.wait_exit() == 0
         gw.stop()
+
+
+def test_after_a_handoff_the_old_process_drains_long_streams_until_a_stop_cuts_them_short(
+    tmp_path: Path,
+) -> None:
+    # a respawn's old process drains for restart.drain_timeout_seconds, not the stop's short bound; a
+    # SIGINT then (a first one: no hard exit) ends the drain within shutdown.drain_timeout_seconds
+    bounds = FAST_RESPAWN + "shutdown:\n  drain_timeout_seconds: 0.5\n  force_exit_seconds: 5\n"
+    with GatewaydProcess.test_app(tmp_path, marker="v1", extra_config=bounds) as gw:
+        gw.wait_ready()
+        old_pid = gw.pid
+        stream = Stream(gw.url("/stream?chunks=1000&delay=0.05"))
+        wait_for(lambda: len(stream.lines) >= 2, timeout=5, what="the stream")
+        result = restart_cli(gw, "--respawn")
+        assert result.returncode == 0, result
+        wait_for(lambda: serving_pid(gw) != old_pid, timeout=10, what="the child to serve")
+        seen = len(stream.lines)
+        wait_for(lambda: len(stream.lines) >= seen + 30, timeout=10, what="the stream to go on past 1 s")
+        assert process_alive(old_pid)  # still draining
+        gw.signal(signal.SIGINT)
+        assert gw.wait_exit(timeout=5) == 0
+        stream.join()
+        assert stream.error is None
+        assert stream.lines[-1] == "shutdown"
+        assert gw.stop() == 0

@@ -4,59 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.process import GatewaydProcess, wait_for
+from tests.support.process import GatewaydProcess, Request, Stream, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-class Stream:
-    """Reads a /stream response on a thread; ``lines`` fills as chunks arrive."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.lines: list[str] = []
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._read)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            with httpx.Client(timeout=60) as client, client.stream("GET", self.url) as response:
-                for line in response.iter_lines():
-                    self.lines.append(line)
-        except httpx.HTTPError as error:
-            self.error = error
-
-    def join(self) -> None:
-        self.thread.join(60)
-
-
-class Request:
-    """One plain GET on a thread; ``status`` or ``error`` when done."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.status: int | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._get)
-        self.thread.start()
-
-    def _get(self) -> None:
-        try:
-            with httpx.Client(timeout=60) as client:
-                self.status = client.get(self.url).status_code
-        except httpx.HTTPError as error:
-            self.error = error
-
-    def join(self) -> None:
-        self.thread.join(60)
 
 
 def in_flight(gw: GatewaydProcess) -> int:

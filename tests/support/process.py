@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -289,3 +290,46 @@ def process_alive(pid: int) -> bool:
 
 
 __all__ = ["GatewaydProcess", "free_port", "process_alive", "wait_for"]
+
+
+class Stream:
+    """Reads a /stream response on a thread; ``lines`` fills as chunks arrive."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lines: list[str] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._read)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            with httpx.Client(timeout=60) as client, client.stream("GET", self.url) as response:
+                for line in response.iter_lines():
+                    self.lines.append(line)
+        except httpx.HTTPError as error:
+            self.error = error
+
+    def join(self) -> None:
+        self.thread.join(60)
+
+
+class Request:
+    """One plain GET on a thread; ``status`` or ``error`` when done."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._get)
+        self.thread.start()
+
+    def _get(self) -> None:
+        try:
+            with httpx.Client(timeout=60) as client:
+                self.status = client.get(self.url).status_code
+        except httpx.HTTPError as error:
+            self.error = error
+
+    def join(self) -> None:
+        self.thread.join(60)
