@@ -12,6 +12,7 @@
         ├── PayloadTooLarge            413: body over ``server.max_body_bytes``
         ├── ModelNotFound              404: no route and no discovered backend serves the model
         ├── NotFound                   404: no such endpoint
+        ├── HttpError                  another HTTP-level refusal by the web framework (405, 400...)
         ├── Overloaded                 429 (OpenAI) / 503 (Ollama): queue full or queue wait timed out
         ├── Draining                   503: this generation no longer takes new work
         └── BackendError               the upstream failed
@@ -130,6 +131,15 @@ class PayloadTooLarge(RequestError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class HttpError(RequestError):
+    """An HTTP-level refusal that is not about the request's content (e.g. 405 for a wrong method)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = "invalid_request_error" if status < 500 else "server_error"
 
 
 class ModelNotFound(RequestError):

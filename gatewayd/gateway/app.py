@@ -7,7 +7,6 @@ path (``{"error": ...}`` under /api, OpenAI error objects everywhere else). Ever
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -16,9 +15,10 @@ from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gatewayd import __version__
-from gatewayd.errors import NotFound, RequestError
+from gatewayd.errors import HttpError, NotFound, RequestError
 from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
+from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.inference import dialect_of_path
 
 if TYPE_CHECKING:
@@ -41,8 +41,8 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
     started = int(time.time())
 
     @app.after_request
-    async def request_id(response: Response) -> Response:
-        response.headers["X-Request-Id"] = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    async def add_request_id(response: Response) -> Response:
+        response.headers["X-Request-Id"] = request_id(request.headers.get("X-Request-Id"))
         return response
 
     @app.get("/healthz")
@@ -109,10 +109,7 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
         code = error.code or 500
         if code == 404:
             return _error_response(NotFound(f"no such endpoint: {request.method} {request.path}"))
-        wrapped = RequestError(error.description or error.name)
-        wrapped.status = code
-        wrapped.type = "invalid_request_error" if code < 500 else "server_error"
-        return _error_response(wrapped)
+        return _error_response(HttpError(error.description or error.name, status=code))
 
     return app
 

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -31,12 +32,13 @@ from gatewayd.errors import (
 from gatewayd.gateway.backends.pool import BackendPool, BackendRuntime
 from gatewayd.gateway.backends.probes import api_url, auth_headers
 from gatewayd.gateway.backends.transport import Transport, UpstreamResponse
-from gatewayd.gateway.core.dialects import Api, Framing, Usage, backend_dialect, stream_error_event
+from gatewayd.gateway.core.dialects import Api, Framing, Usage, backend_dialect, stream_error_payload
 from gatewayd.gateway.core.framing import (
     DONE,
     SSE_DONE,
     NDJSONDecoder,
     SSEDecoder,
+    encode,
     encode_ndjson,
     encode_sse,
     split_complete,
@@ -51,7 +53,7 @@ log = logging.getLogger("gatewayd.relay")
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-_CONTENT_TYPES = {Framing.SSE: b"text/event-stream", Framing.NDJSON: b"application/x-ndjson"}
+_CONTENT_TYPES = MappingProxyType({framing: framing.content_type.encode() for framing in Framing})
 _JSON = b"application/json"
 #: upstream statuses that move a request to the next candidate (before the client saw a byte)
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -283,7 +285,7 @@ class Relay:
         exchange_error = error.message
         counts_against_health = not (isinstance(error, UpstreamStatus) and error.status < 500)
         if counts_against_health:
-            runtime.health.request_failed(time.monotonic(), exchange_error)
+            runtime.health.request_failed(self._pool.clock(), exchange_error)
         self._metrics.attempts.inc((runtime.config.id, error.code or "error"))
 
     def _upstream_body(self, exchange: Exchange, translation: Translator, model: str) -> bytes:
@@ -342,8 +344,9 @@ class Relay:
             exchange.error = "gateway shutdown"
             if not exchange.started:
                 raise Draining(_SHUTDOWN_MESSAGE)
-            event = stream_error_event(
-                client_framing, exchange.api.dialect, _SHUTDOWN_MESSAGE, "gateway_shutdown"
+            event = encode(
+                client_framing,
+                stream_error_payload(exchange.api.dialect, _SHUTDOWN_MESSAGE, "gateway_shutdown"),
             )
             await send({"type": "http.response.body", "body": event, "more_body": False})
 
@@ -441,7 +444,7 @@ class Relay:
 
     async def _end_stream_with_error(self, exchange: Exchange, send: Send, message: str, code: str) -> None:
         exchange.error = message
-        event = stream_error_event(exchange.api.framing, exchange.api.dialect, message, code)
+        event = encode(exchange.api.framing, stream_error_payload(exchange.api.dialect, message, code))
         try:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except OSError:  # pragma: no cover - the client is gone too
@@ -505,10 +508,7 @@ def _feed_json(usage: StreamTranslator, raw: bytes) -> None:
 
 def _is_stream(upstream: UpstreamResponse, framing: Framing) -> bool:
     """Whether the backend answered with a stream (some ignore "stream": true and answer whole)."""
-    return upstream.content_type == _STREAM_TYPES[framing]
-
-
-_STREAM_TYPES = {Framing.SSE: "text/event-stream", Framing.NDJSON: "application/x-ndjson"}
+    return upstream.content_type == framing.content_type
 
 
 def _total_timeout(backend: str, seconds: float | None) -> BackendError:

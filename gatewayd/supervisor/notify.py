@@ -7,7 +7,7 @@ does nothing, so callers never need to ask whether systemd is there.
 Order that matters to systemd (``Type=notify`` / ``notify-reload``): install signal handlers, then
 ``ready()``; on reload ``reloading()`` then ``ready()``; on stop ``stopping()``. With the default
 ``NotifyAccess=main`` only the main process is heard: a respawned child becomes main when the *old* process
-sends ``mainpid(child_pid)``. ``watchdog()`` must be sent from the event loop itself every
+sends ``hand_over(child_pid)``. ``watchdog()`` must be sent from the event loop itself every
 ``watchdog_interval_seconds``, so that a wedged loop stops sending it.
 """
 
@@ -99,9 +99,10 @@ class Notifier:
         """A one-line status for ``systemctl status``."""
         self.send(STATUS=text)
 
-    def mainpid(self, pid: int) -> None:
-        """Hand the main-process role to ``pid`` (a respawned child); only the current main is heard."""
-        self.send(MAINPID=str(pid))
+    def hand_over(self, pid: int) -> None:
+        """Hand the main-process role to ``pid`` (a respawned child, ready), in one datagram: once MAINPID
+        names the child, systemd no longer hears this process, so READY=1 travels with it."""
+        self.send(MAINPID=str(pid), READY="1")
 
     def watchdog(self) -> None:
         """Keep-alive for systemd's watchdog; a no-op when not watched."""

@@ -224,8 +224,7 @@ class Reloader:
         )
         loop.child = child
         if loop.service_manager is ServiceManager.SYSTEMD:
-            # one datagram: once MAINPID names the child, systemd no longer hears this process
-            loop.notifier.send(MAINPID=str(child.pid), READY="1")
+            loop.notifier.hand_over(child.pid)
         return attempt.outcome(
             "ok",
             f"respawned: pid {child.pid} serves generation {instance.generation + 1}",

@@ -64,7 +64,8 @@ class BackendPool:
     ) -> None:
         self._config = config
         self._transport = transport
-        self._clock = clock
+        #: the clock health and idleness are measured with (tests inject one)
+        self.clock = clock
         self._tg: TaskGroup | None = None
         self._last_refresh = -1e9
         self.runtimes: dict[str, BackendRuntime] = {}
@@ -110,7 +111,7 @@ class BackendPool:
     async def refresh_models(self) -> bool:
         """An unknown model was asked for: re-read every backend's model list once (rate-limited).
         Returns True when a refresh ran."""
-        now = self._clock()
+        now = self.clock()
         if now - self._last_refresh < self._config.discovery.refresh_min_interval_seconds:
             return False
         self._last_refresh = now
@@ -123,7 +124,7 @@ class BackendPool:
         return True
 
     def note_traffic(self, runtime: BackendRuntime) -> None:
-        runtime.last_used = self._clock()
+        runtime.last_used = self.clock()
         if not runtime.wake.is_set():
             runtime.wake.set()
 
@@ -135,7 +136,7 @@ class BackendPool:
         except (TimeoutError, BackendError) as error:
             result = ProbeResult(ok=False, detail=str(error) or "probe timed out")
         before = runtime.health.state
-        runtime.health.probed(self._clock(), result)
+        runtime.health.probed(self.clock(), result)
         runtime.idle_slots = result.idle_slots
         if result.models is not None:
             self.inventory.set_discovered(runtime.config.id, result.models)
@@ -153,7 +154,7 @@ class BackendPool:
         if first_done is not None:
             first_done()
         while True:
-            busy = self._clock() - runtime.last_used < health.probe_interval_idle_seconds
+            busy = self.clock() - runtime.last_used < health.probe_interval_idle_seconds
             down = runtime.health.state is BackendState.DOWN
             interval = (
                 health.probe_interval_busy_seconds if busy or down else health.probe_interval_idle_seconds
@@ -188,7 +189,7 @@ class BackendPool:
         result = await probe(self._transport, backend, self._config.health.probe_timeout_seconds)
         if not result.ok or backend.id in self.runtimes:
             return
-        runtime.health.probed(self._clock(), result)
+        runtime.health.probed(self.clock(), result)
         self.runtimes[backend.id] = runtime
         self.inventory.add_backend(backend.id)
         if result.models is not None:

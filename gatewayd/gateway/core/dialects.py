@@ -1,7 +1,7 @@
 """Names for what a request is (which API, which dialect, which framing) and its error bodies.
 
 Both dialects render errors here, in one place: whole-response error bodies (``error_body``/``error_status``)
-and the final event that ends a broken stream (``stream_error_event``). The shapes are the ones the official
+and the final event that ends a broken stream (``stream_error_payload``). The shapes are the ones the official
 clients turn into exceptions: ``openai.APIError`` for an OpenAI error object (also inside an SSE ``data:``
 payload) and ``ollama.ResponseError`` for ``{"error": "..."}`` (also as an NDJSON line).
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 from gatewayd.config import BackendKind
 from gatewayd.errors import Overloaded, RequestError, UpstreamStatus
+from gatewayd.gateway.core.jsontext import dumps
 
 #: an upstream error text longer than this is cut before it is shown to a client
 MAX_UPSTREAM_ERROR_CHARS = 2000
@@ -30,6 +31,10 @@ class Dialect(enum.StrEnum):
 class Framing(enum.StrEnum):
     SSE = "sse"  # text/event-stream: "data: <json>\n\n" events, ended by "data: [DONE]"
     NDJSON = "ndjson"  # application/x-ndjson: one JSON object per line
+
+    @property
+    def content_type(self) -> str:
+        return "text/event-stream" if self is Framing.SSE else "application/x-ndjson"
 
 
 class Api(enum.StrEnum):
@@ -108,8 +113,6 @@ class Usage:
 
 # --- error bodies ----------------------------------------------------------------------------------------
 
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
 
 def error_status(dialect: Dialect, error: RequestError) -> int:
     """The HTTP status of ``error`` in ``dialect``: Ollama answers a full queue with 503, OpenAI with 429."""
@@ -128,28 +131,23 @@ def error_body(dialect: Dialect, error: RequestError) -> bytes:
     if isinstance(error, UpstreamStatus):
         return _upstream_error_body(dialect, error)
     if dialect is Dialect.OLLAMA:
-        return _DUMPS({"error": error.message}).encode()
-    return _DUMPS(
+        return dumps({"error": error.message}).encode()
+    return dumps(
         {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
     ).encode()
 
 
-def stream_error_event(framing: Framing, dialect: Dialect, message: str, code: str) -> bytes:
-    """The last event of a stream that broke after its headers were sent.
+def stream_error_payload(dialect: Dialect, message: str, code: str) -> dict[str, Any]:
+    """The last event of a stream that broke after its headers were sent, in ``dialect``'s error shape
+    (frame it with ``framing.encode``).
 
-    The payload has ``dialect``'s error shape and ``framing``'s framing. An SSE stream gets no ``[DONE]``
-    after it: the openai client raises ``APIError`` on a ``data:`` payload with an ``error`` key, and the
-    ollama client raises ``ResponseError`` on an NDJSON line with an ``error`` key.
+    An SSE stream gets no ``[DONE]`` after it: the openai client raises ``APIError`` on a ``data:`` payload
+    with an ``error`` key, and the ollama client raises ``ResponseError`` on an NDJSON line with an
+    ``error`` key.
     """
-    payload: dict[str, Any]
     if dialect is Dialect.OPENAI:
-        payload = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-    else:
-        payload = {"error": message}
-    text = _DUMPS(payload)
-    if framing is Framing.SSE:
-        return f"data: {text}\n\n".encode()
-    return f"{text}\n".encode()
+        return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return {"error": message}
 
 
 def _upstream_error_body(dialect: Dialect, error: UpstreamStatus) -> bytes:
@@ -161,8 +159,8 @@ def _upstream_error_body(dialect: Dialect, error: UpstreamStatus) -> bytes:
         return error.body
     message = _upstream_message(parsed, error)
     if dialect is Dialect.OLLAMA:
-        return _DUMPS({"error": message}).encode()
-    return _DUMPS(
+        return dumps({"error": message}).encode()
+    return dumps(
         {
             "error": {
                 "message": message,
@@ -202,7 +200,7 @@ def _message_in(parsed: object) -> str | None:
     found = inner if inner is not None else parsed.get("message", parsed.get("detail"))
     if found is None or isinstance(found, str):
         return found
-    return _DUMPS(found)
+    return dumps(found)
 
 
 def _openai_type_for_status(status: int) -> str:

@@ -7,18 +7,17 @@ a UTF-8 character is harmless (line terminators are ASCII and never occur inside
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gatewayd.gateway.core.dialects import Framing
+from gatewayd.gateway.core.jsontext import dumps
 
 #: the data of the SSE event that ends an OpenAI stream
 DONE = "[DONE]"
 SSE_DONE = b"data: [DONE]\n\n"
 
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _CR = 0x0D
 _LF = 0x0A
 
@@ -163,12 +162,12 @@ class NDJSONDecoder:
 
 def encode_sse(payload: Mapping[str, Any]) -> bytes:
     """``data: <compact json>\\n\\n``."""
-    return f"data: {_DUMPS(payload)}\n\n".encode()
+    return f"data: {dumps(payload)}\n\n".encode()
 
 
 def encode_ndjson(payload: Mapping[str, Any]) -> bytes:
     """``<compact json>\\n``."""
-    return f"{_DUMPS(payload)}\n".encode()
+    return f"{dumps(payload)}\n".encode()
 
 
 def encode_sse_comment(text: str) -> bytes:

@@ -23,7 +23,7 @@ class StreamTranslator(abc.ABC):
     upstream ends normally (``[DONE]``, or the end of an NDJSON body) it calls ``finish`` and frames that
     too; an SSE client then gets ``SSE_DONE``. Both raise ``BadGateway`` on a malformed or truncated
     upstream stream, and on an error the backend reports mid-stream (an ``{"error": ...}`` event); the
-    relay then ends the client's stream with ``stream_error_event``.
+    relay then ends the client's stream with ``stream_error_payload``.
     """
 
     __slots__ = ("usage",)

@@ -26,6 +26,7 @@ from typing import Any
 
 from gatewayd.errors import BadGateway, BadRequest
 from gatewayd.gateway.core.dialects import Api, Dialect, Usage
+from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.translate_base import (
     EmbeddingTranslator,
     Payload,
@@ -39,7 +40,6 @@ from gatewayd.gateway.core.translate_base import (
     reported_error,
 )
 
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: OpenAI fields copied unchanged into Ollama's ``options``
 _SAMPLING_FIELDS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 
@@ -430,7 +430,7 @@ def _openai_tool_call(call: Payload, index: int | None = None) -> Payload:
     out["type"] = "function"
     out["function"] = {
         "name": function.get("name"),
-        "arguments": arguments if isinstance(arguments, str) else _DUMPS(arguments or {}),
+        "arguments": arguments if isinstance(arguments, str) else dumps(arguments or {}),
     }
     return out
 

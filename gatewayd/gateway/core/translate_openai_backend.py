@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from gatewayd.errors import BadGateway, BadRequest
 from gatewayd.gateway.core.dialects import Api, Dialect, Usage
+from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.translate_base import (
     EmbeddingTranslator,
     Payload,
@@ -37,7 +38,6 @@ from gatewayd.gateway.core.translate_base import (
     rfc3339,
 )
 
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: Ollama options copied unchanged into the OpenAI body
 _SAMPLING_OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 #: how a base64 image starts -> its MIME type (Ollama sends bare base64, OpenAI wants a data: URL)
@@ -404,7 +404,7 @@ def _openai_tool_call(call: object, fallback_id: str) -> Payload:
     function = call["function"]
     arguments = function.get("arguments")
     if not isinstance(arguments, str):
-        arguments = _DUMPS(arguments if arguments is not None else {})
+        arguments = dumps(arguments if arguments is not None else {})
     return {
         "id": call.get("id") or fallback_id,
         "type": "function",

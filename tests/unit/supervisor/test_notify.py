@@ -59,8 +59,8 @@ def test_messages_arrive_as_key_value_lines_in_one_datagram(listener: tuple[List
     assert server.receive() == "STATUS=line one line two\n"
     notifier.stopping()
     assert server.receive() == "STOPPING=1\n"
-    notifier.mainpid(4242)
-    assert server.receive() == "MAINPID=4242\n"
+    notifier.hand_over(4242)
+    assert server.receive() == "MAINPID=4242\nREADY=1\n"
 
 
 def test_reloading_carries_the_monotonic_clock_in_microseconds(listener: tuple[Listener, str]) -> None:

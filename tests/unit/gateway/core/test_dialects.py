@@ -25,10 +25,10 @@ from gatewayd.gateway.core.dialects import (
     backend_dialect,
     error_body,
     error_status,
-    stream_error_event,
+    stream_error_payload,
     wants_stream,
 )
-from gatewayd.gateway.core.framing import SSE_DONE, encode_ndjson, encode_sse
+from gatewayd.gateway.core.framing import SSE_DONE, encode, encode_ndjson, encode_sse
 from tests.unit.gateway.core.harness import drain, ollama_client, openai_client
 
 CHAT = [{"role": "user", "content": "hi"}]
@@ -192,7 +192,9 @@ def test_an_sse_stream_error_event_makes_the_openai_client_raise_api_error() -> 
         "model": "m",
         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}],
     }
-    event = stream_error_event(Framing.SSE, Dialect.OPENAI, "backend a timed out", "backend_timeout")
+    event = encode(
+        Framing.SSE, stream_error_payload(Dialect.OPENAI, "backend a timed out", "backend_timeout")
+    )
     assert event.endswith(b"\n\n")
     assert SSE_DONE not in event
     client = openai_client(lambda path, body: (200, encode_sse(chunk) + event))
@@ -212,7 +214,9 @@ def test_an_ndjson_stream_error_line_makes_the_ollama_client_raise_response_erro
         "message": {"role": "assistant", "content": "Hel"},
         "done": False,
     }
-    event = stream_error_event(Framing.NDJSON, Dialect.OLLAMA, "backend a timed out", "backend_timeout")
+    event = encode(
+        Framing.NDJSON, stream_error_payload(Dialect.OLLAMA, "backend a timed out", "backend_timeout")
+    )
     assert event == b'{"error":"backend a timed out"}\n'
     client = ollama_client(lambda path, body: (200, encode_ndjson(line) + event))
     received: list[Any] = []
