@@ -34,6 +34,7 @@ import enum
 import ipaddress
 import math
 import re
+import signal
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -63,6 +64,14 @@ _BACKEND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SECRET_FIELDS = frozenset({"api_key"})
 #: dataclass fields that are not settings and so cannot be written in the file
 _NOT_IN_FILE: Mapping[type, frozenset[str]] = {Config: frozenset({"source"})}
+#: number settings where 0 means "off" rather than being out of range
+_ZERO_ALLOWED = frozenset({"idle_ttl_seconds"})
+_SIGNALS = frozenset(name for name in dir(signal) if name.startswith("SIG") and not name.startswith("SIG_"))
+#: placeholders a managed backend's command (and its url, for ${PORT}) may use
+PORT_PLACEHOLDER = "${PORT}"
+MODEL_PATH_PLACEHOLDER = "${MODEL_PATH}"
+PLACEHOLDERS = (PORT_PLACEHOLDER, "${HOST}", MODEL_PATH_PLACEHOLDER, "${ID}")
+_PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
 #: sections that may be written as a plain string, meaning that one field
 _SHORTHAND: Mapping[type, str] = {RouteTarget: "backend"}
 
@@ -569,7 +578,9 @@ def _semantic_issues(config: Config, at: _Locations) -> list[ConfigIssue]:
             issues.append(
                 at.issue(key, f"{number} is not a port number from 0 to {MAX_PORT} (0 = any free port)")
             )
-        elif name != "port" and number <= 0:
+        elif name in _ZERO_ALLOWED and number < 0:
+            issues.append(at.issue(key, f"must be 0 or more, found {number}"))
+        elif name != "port" and name not in _ZERO_ALLOWED and number <= 0:
             issues.append(at.issue(key, f"must be greater than 0, found {number}"))
     for port, _kind in config.discovery.ports:
         if not 1 <= port <= MAX_PORT:
@@ -593,6 +604,7 @@ def _semantic_issues(config: Config, at: _Locations) -> list[ConfigIssue]:
         issues.append(at.issue("logging.level", f"'{level}' is not one of: {', '.join(LOG_LEVELS)}", hint))
 
     issues += _backend_issues(config.backends, at)
+    issues += _managed_issues(config, at)
     issues += _route_issues(config, at)
     return issues
 
@@ -610,13 +622,76 @@ def _backend_issues(backends: tuple[Backend, ...], at: _Locations) -> list[Confi
             issues.append(at.issue(f"{key}.id", message, "each backend needs its own id"))
         else:
             first_index[backend.id] = i
-        url_problem = _url_problem(backend.url)
+        if not backend.url and not backend.managed:
+            hint = "give its url, or a command: for gatewayd to run it (see 'gatewayd init')"
+            issues.append(at.issue(key, "missing required key 'url'", hint))
+            continue
+        url_problem = _url_problem(backend.url.replace(PORT_PLACEHOLDER, "1")) if backend.url else None
         if url_problem:
             hint = "for example http://127.0.0.1:8080 or https://api.example.com/v1"
             issues.append(at.issue(f"{key}.url", url_problem, hint))
         if backend.models == ():
             hint = "list the models it serves, or remove models: to discover them from the backend"
             issues.append(at.issue(f"{key}.models", "the list of models is empty", hint))
+    return issues
+
+
+def _managed_issues(config: Config, at: _Locations) -> list[ConfigIssue]:
+    """Managed and wakeable backends, and the exclusive groups they run in."""
+    issues: list[ConfigIssue] = []
+    groups: dict[str, int] = {}
+    for i, group in enumerate(config.groups):
+        if group.name in groups:
+            message = f"duplicate group '{group.name}' (also groups[{groups[group.name]}])"
+            issues.append(at.issue(f"groups[{i}].name", message))
+        groups.setdefault(group.name, i)
+    for i, backend in enumerate(config.backends):
+        key = f"backends[{i}]"
+        if backend.command is not None and not backend.command:
+            issues.append(at.issue(f"{key}.command", "the command is empty", "give the server's argv"))
+        if PORT_PLACEHOLDER in backend.url and not backend.managed:
+            hint = f"{PORT_PLACEHOLDER} is the port gatewayd picks for a server it runs (command:)"
+            issues.append(
+                at.issue(f"{key}.url", f"{PORT_PLACEHOLDER} in the url of a backend with no command", hint)
+            )
+        if backend.managed and backend.wake is not None:
+            hint = "wake: is for servers gatewayd does not run; a managed one is started by its command"
+            issues.append(at.issue(f"{key}.wake", "a backend with a command needs no wake action", hint))
+        if backend.wakeable and backend.models is None:
+            hint = "list the models it serves: gatewayd cannot ask a sleeping server"
+            issues.append(at.issue(key, "a managed or wakeable backend must declare models:", hint))
+        if backend.stop_signal not in _SIGNALS:
+            hint = _did_you_mean(backend.stop_signal, list(_SIGNALS)) or "for example SIGTERM or SIGINT"
+            issues.append(
+                at.issue(f"{key}.stop_signal", f"'{backend.stop_signal}' is not a signal name", hint)
+            )
+        if backend.model_path is not None and MODEL_PATH_PLACEHOLDER not in " ".join(backend.command or ()):
+            hint = f"use {MODEL_PATH_PLACEHOLDER} in command: where the server expects the model file"
+            issues.append(
+                at.issue(f"{key}.model_path", "model_path is set but the command never uses it", hint)
+            )
+        for placeholder in _PLACEHOLDER.findall(" ".join(backend.command or ())):
+            if placeholder not in PLACEHOLDERS:
+                hint = _did_you_mean(placeholder, list(PLACEHOLDERS)) or f"known: {', '.join(PLACEHOLDERS)}"
+                issues.append(at.issue(f"{key}.command", f"unknown placeholder {placeholder}", hint))
+        if MODEL_PATH_PLACEHOLDER in " ".join(backend.command or ()) and backend.model_path is None:
+            issues.append(
+                at.issue(key, f"the command uses {MODEL_PATH_PLACEHOLDER} but model_path is not set")
+            )
+        if backend.group is not None:
+            if backend.group not in groups:
+                names = list(groups)
+                hint = _did_you_mean(backend.group, names) or "declare it under groups: (name, max_running)"
+                issues.append(at.issue(f"{key}.group", f"unknown group '{backend.group}'", hint))
+            if not backend.managed:
+                issues.append(at.issue(f"{key}.group", "only a backend with a command can be in a group"))
+            if backend.always_on:
+                hint = "an always-on backend never sleeps, so it cannot give way in a group"
+                issues.append(at.issue(f"{key}.always_on", "always_on and group exclude each other", hint))
+        if backend.always_on and not backend.managed:
+            issues.append(at.issue(f"{key}.always_on", "only a backend with a command can be always on"))
+        if backend.wake is not None and backend.wake.url is None and backend.wake.command is None:
+            issues.append(at.issue(f"{key}.wake", "the wake action needs a url:, a command: or both"))
     return issues
 
 

@@ -147,13 +147,30 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Wake:
+    """How to wake a backend that sleeps on its own (a remote box, a server behind Wake-on-LAN): an HTTP
+    request, a command, or both. The backend is then polled until ready, as a managed one is."""
+
+    #: request sent to wake it (e.g. a power controller's API)
+    url: str | None = None
+    method: str = "POST"
+    #: request body, sent as is
+    body: str | None = None
+    #: argv run to wake it (e.g. ["wakeonlan", "aa:bb:cc:dd:ee:ff"] or an ssh command); must exit 0
+    command: tuple[str, ...] | None = None
+    #: bound on the wake request or command itself (the wait for readiness is start_timeout_seconds)
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     """One upstream model server."""
 
     id: str
     #: API base. For OpenAI-dialect kinds a trailing /v1 is accepted: "http://h:8080" and "http://h:8080/v1"
-    #: both reach "http://h:8080/v1/chat/completions".
-    url: str
+    #: both reach "http://h:8080/v1/chat/completions". A managed backend may leave it out (it is then
+    #: "http://127.0.0.1:${PORT}") or use ${PORT} in it.
+    url: str = ""
     kind: BackendKind = BackendKind.OPENAI
     #: models it serves; None = discovered from the backend (/v1/models or /api/tags)
     models: tuple[str, ...] | None = None
@@ -166,6 +183,42 @@ class Backend:
     #: the loader fills this from the top-level ``timeouts`` overlaid with the backend's own ``timeouts:``
     #: keys, so it is always complete
     timeouts: Timeouts = Timeouts()
+
+    # -- managed backends: gatewayd runs the server itself (see ManagedSettings) --------------------------
+
+    #: argv of the server; None = not managed. Placeholders: ${PORT} (a free loopback port gatewayd picks
+    #: once and keeps), ${HOST} (127.0.0.1), ${MODEL_PATH} (model_path), ${ID} (the backend id)
+    command: tuple[str, ...] | None = None
+    #: set over gatewayd's environment for the command
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    #: what ${MODEL_PATH} stands for
+    model_path: str | None = None
+    #: GET path that answers 200 once the server can serve; None = the kind's health endpoint
+    #: (/health for llama-server and vLLM, /api/version for Ollama, /v1/models otherwise)
+    ready_path: str | None = None
+    #: a start (or wake) must be ready within this long, else every waiter gets a 503 saying why
+    start_timeout_seconds: float = 120.0
+    #: stopped after this long without requests; 0 = never
+    idle_ttl_seconds: float = 900.0
+    #: sent to its process group to stop it; then SIGKILL after stop_timeout_seconds
+    stop_signal: str = "SIGTERM"
+    stop_timeout_seconds: float = 10.0
+    #: an exclusive group (e.g. one GPU): at most the group's max_running members run at once
+    group: str | None = None
+    #: started with gatewayd and never put to sleep (e.g. an embedding server); outside any group
+    always_on: bool = False
+    #: for a backend that is not managed but sleeps on its own: how to wake it
+    wake: Wake | None = None
+
+    @property
+    def managed(self) -> bool:
+        return self.command is not None
+
+    @property
+    def wakeable(self) -> bool:
+        """Started or woken on demand by gatewayd (managed, or with a wake action)."""
+        return self.command is not None or self.wake is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +238,58 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class Group:
+    """An exclusive group of managed backends (one GPU's memory): at most ``max_running`` run at once."""
+
+    name: str
+    max_running: int = 1
+    #: while another model is served, a waiting request is served within about this long (a swap is
+    #: forced then); below it, the model already loaded keeps being served (fewer swaps)
+    max_wait_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedSettings:
+    """Managed backends (model servers gatewayd starts on demand and stops when idle)."""
+
+    #: a backend's log (in the state directory) is rotated past this size, keeping this many old ones
+    log_max_bytes: int = 10 * MIB
+    log_backups: int = 3
+    #: after a failed start, requests get the same 503 for this long before one tries again
+    failed_start_backoff_seconds: float = 5.0
+    #: a backend that crashed while requests wanted it is restarted after this long, doubling per crash
+    #: in a row up to restart_backoff_max_seconds
+    restart_backoff_seconds: float = 1.0
+    restart_backoff_max_seconds: float = 60.0
+    #: streaming clients waiting for a backend to start get an SSE comment / empty NDJSON message this
+    #: often, so their read timeouts do not fire (the response is committed to 200 from then on)
+    stream_progress: bool = False
+    progress_interval_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AffinitySettings:
+    """Sticky routing: a conversation keeps landing on the replica that holds its KV cache."""
+
+    enabled: bool = False
+    #: request headers that name a session (first present wins), e.g. the ones coding agents send
+    session_headers: tuple[str, ...] = (
+        "x-gatewayd-session",
+        "x-session-id",
+        "x-session-affinity",
+        "x-claude-code-session-id",
+        "session-id",
+        "session_id",
+        "x-opencode-session",
+    )
+    #: without a session header: the key is a hash of the model and this many leading messages
+    leading_messages: int = 2
+    #: pins kept, least recently used dropped first, and how long an unused pin lives
+    max_entries: int = 10000
+    ttl_seconds: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole config. ``source`` is the file it came from (None for the built-in default)."""
 
@@ -196,7 +301,10 @@ class Config:
     health: HealthSettings = HealthSettings()
     discovery: DiscoverySettings = DiscoverySettings()
     logging: LoggingSettings = LoggingSettings()
+    managed: ManagedSettings = ManagedSettings()
+    affinity: AffinitySettings = AffinitySettings()
     backends: tuple[Backend, ...] = ()
+    groups: tuple[Group, ...] = ()
     routes: tuple[Route, ...] = ()
     source: str | None = None
 

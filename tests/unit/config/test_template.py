@@ -26,8 +26,9 @@ def test_the_template_loads_to_the_defaults(tmp_path: Path) -> None:
 def test_the_template_shows_every_setting() -> None:
     written = yaml.safe_load(template_text())
     config = Config()
-    sections = [f.name for f in dataclasses.fields(config) if f.name not in ("backends", "routes", "source")]
-    assert set(written) == {*sections, "backends", "routes"}
+    lists = ("backends", "groups", "routes")
+    sections = [f.name for f in dataclasses.fields(config) if f.name not in (*lists, "source")]
+    assert set(written) == {*sections, *lists}
     for section in sections:
         assert set(written[section]) == {f.name for f in dataclasses.fields(getattr(config, section))}, (
             section
@@ -40,7 +41,7 @@ def uncommented_examples(template: str) -> str:
     lines: list[str] = []
     in_example = False
     for line in template.splitlines():
-        if line in ("backends: []", "routes: []"):
+        if line in ("backends: []", "groups: []", "routes: []"):
             continue
         if re.fullmatch(r"#\w+:", line):
             in_example = True
@@ -57,3 +58,6 @@ def test_the_commented_examples_load_when_uncommented(tmp_path: Path) -> None:
     assert {backend.kind for backend in config.backends} == set(BackendKind)
     assert any(len(route.targets) > 1 for route in config.routes)
     assert any(backend.api_key == "sk-test" for backend in config.backends)
+    assert any(backend.group == "gpu" for backend in config.backends)
+    assert any(backend.always_on for backend in config.backends)
+    assert any(backend.wake is not None for backend in config.backends)
