@@ -72,9 +72,10 @@ class RestartSettings:
     #: keep-alive clients move to the child before the old process drains
     handoff_close_seconds: float = 1.0
     #: after a reload (or a respawn's handoff) the old generation's requests may finish within this long;
-    #: then its streams get a shutdown event. Above ``timeouts.total_seconds`` a reload never cuts a request.
-    #: A stop (SIGTERM) arriving meanwhile shortens it to ``shutdown.drain_timeout_seconds``.
-    drain_timeout_seconds: float = 1800.0
+    #: then its streams get a shutdown event. Above the longest a request can last (queue wait + connect +
+    #: first byte + total: 2,165 s with the defaults) a reload never cuts a request. A stop (SIGTERM)
+    #: arriving meanwhile shortens it to ``shutdown.drain_timeout_seconds``.
+    drain_timeout_seconds: float = 2400.0
 
 
 @dataclass(frozen=True, slots=True)
