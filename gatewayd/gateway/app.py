@@ -140,9 +140,16 @@ def _ollama_model(row: Mapping[str, Any], modified: int) -> dict[str, Any]:
 
 
 def model_state(states: list[BackendState]) -> str:
-    """A model's state from its backends' states: running when one is routable and has answered."""
+    """A model's state from its backends' states, the best of them: running when one is routable and has
+    answered; starting; sleeping (started by the next request); unknown (not probed yet); failed when a
+    backend that gatewayd starts failed to; else unavailable."""
     if any(s in (BackendState.UP, BackendState.DEGRADED) for s in states):
         return "running"
-    if any(s is BackendState.UNKNOWN for s in states):
-        return "unknown"
+    for state, name in (
+        (BackendState.STARTING, "starting"),
+        (BackendState.SLEEPING, "sleeping"),
+        (BackendState.UNKNOWN, "unknown"),
+    ):
+        if state in states:
+            return name
     return "unavailable"

@@ -219,6 +219,22 @@ class Relay:
         raise last_error
 
     async def _attempt(self, exchange: Exchange, runtime: BackendRuntime, target: Target, send: Send) -> None:
+        unit = runtime.unit
+        if unit is None:
+            await self._attempt_on(exchange, runtime, target, send)
+            return
+        # a managed or wakeable backend: started (or woken) first, or admitted by its group's scheduler
+        try:
+            async with unit.use():
+                await self._attempt_on(exchange, runtime, target, send)
+        except BackendUnavailable:
+            if unit.process is None:
+                unit.note_awake(False)  # it stopped answering: the next request wakes it
+            raise
+
+    async def _attempt_on(
+        self, exchange: Exchange, runtime: BackendRuntime, target: Target, send: Send
+    ) -> None:
         backend = runtime.config
         await runtime.admission.acquire(backend.id)
         self._pool.note_traffic(runtime)

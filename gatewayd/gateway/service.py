@@ -14,6 +14,7 @@ import anyio
 from gatewayd.config import Config
 from gatewayd.config.loader import load
 from gatewayd.gateway.app import create_app
+from gatewayd.gateway.backends.manager import BackendManager
 from gatewayd.gateway.backends.pool import BackendPool
 from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.generation import GatewayGeneration
@@ -40,6 +41,22 @@ class GatewayFactory:
         self._listen_port = listen_port
         self._environ = environ
         self.metrics = Metrics()
+        #: managed and wakeable backends: process-wide, kept across generations
+        self.manager = BackendManager(state_dir)
+
+    @asynccontextmanager
+    async def lifetime(self) -> AsyncIterator[None]:
+        """Run the backend manager for the life of the process; on exit it stops the model servers it
+        runs, unless ``hand_over`` was called (a respawned gatewayd adopts them)."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.manager.run)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    def hand_over(self) -> None:
+        self.manager.hand_over()
 
     def load_config(self, path: str | None) -> Config:
         loaded = load(
@@ -58,8 +75,9 @@ class GatewayFactory:
     ) -> AsyncIterator[GatewayGeneration]:
         """Build, start and yield a generation; on exit stop its probes and close its upstream connections."""
         metrics = self.metrics
+        config = await self.manager.reconcile(config)
         async with Transport() as transport, anyio.create_task_group() as tg:
-            pool = BackendPool(config, transport)
+            pool = BackendPool(config, transport, self.manager)
             streams = StreamRegistry()
             relay = Relay(config, pool, transport, streams, metrics)
             inference = InferenceEndpoint(

@@ -54,6 +54,16 @@ class GenerationFactory(Protocol):
     """Builds generations. One factory lives for the whole process (it may own process-wide state such as
     metrics that must survive a reload); generations are built from it per config."""
 
+    def lifetime(self) -> AbstractAsyncContextManager[None]:
+        """Entered once by the run loop before the first generation starts, exited after the last one has
+        closed: it owns what outlives generations (model servers the gateway runs). Exiting stops what it
+        owns, unless ``hand_over`` was called."""
+        ...
+
+    def hand_over(self) -> None:
+        """A respawned process has taken over: leave what the lifetime owns running for it to adopt."""
+        ...
+
     def load_config(self, path: str | None) -> Config:
         """Read and validate the config; raise ConfigError listing every problem. No side effects."""
         ...

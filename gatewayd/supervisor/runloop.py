@@ -244,7 +244,7 @@ class RunLoop:
         return self._exit_code
 
     async def _run_tasks(self) -> None:
-        async with anyio.create_task_group() as task_group:
+        async with self.factory.lifetime(), anyio.create_task_group() as task_group:
             self._task_group = task_group
             with anyio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # held since run() began
@@ -435,6 +435,8 @@ class RunLoop:
             return
         self._stopping = True
         self._handoff = handoff
+        if handoff:
+            self.factory.hand_over()
         shutdown = self.config.shutdown
         force_exit = shutdown.force_exit_seconds
         if handoff:  # the old process drains for as long as a reload would, with the same margin on top

@@ -61,7 +61,10 @@ def running_gateway(config: Config, *, state_dir: Path | None = None) -> Iterato
 
     async def main() -> None:
         token = anyio.lowlevel.current_token()
-        async with factory.generation(config, number=1, instance=_Instance()) as generation:
+        async with (
+            factory.lifetime(),
+            factory.generation(config, number=1, instance=_Instance()) as generation,
+        ):
             dispatcher = Dispatcher()
             dispatcher.swap(GenerationSlot(generation, number=1))
             server = HttpServer(listener, dispatcher, config.server)

@@ -162,6 +162,13 @@ class TestFactory:
         self._port = port
         self._child_knob = child_knob
 
+    @asynccontextmanager
+    async def lifetime(self) -> AsyncIterator[None]:
+        yield
+
+    def hand_over(self) -> None:
+        pass
+
     def load_config(self, path: str | None) -> Config:
         if path and "# crash-load" in Path(path).read_text():
             raise RuntimeError("load_config crashed (crash-load)")

@@ -12,6 +12,7 @@ from anyio.abc import TaskGroup
 from gatewayd.config import Backend, Config, Limits
 from gatewayd.errors import BackendError
 from gatewayd.gateway.backends.admission import Admission
+from gatewayd.gateway.backends.manager import BackendManager, ManagedBackend, UnitState
 from gatewayd.gateway.backends.probes import probe
 from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.core.health import BackendState, Health, ProbeResult
@@ -25,13 +26,17 @@ FIRST_ROUND_WAIT_SECONDS = 0.5
 
 
 class BackendRuntime:
-    """One backend's live state in one generation."""
+    """One backend's live state in one generation. ``unit`` is the process-wide managed backend behind it
+    (managed and wakeable backends only): its state overrides the probes' while it is not running."""
 
-    __slots__ = ("admission", "config", "health", "idle_slots", "last_used", "wake")
+    __slots__ = ("admission", "config", "health", "idle_slots", "last_used", "unit", "wake")
 
-    def __init__(self, config: Backend, health: Health, limits: Limits) -> None:
+    def __init__(
+        self, config: Backend, health: Health, limits: Limits, unit: ManagedBackend | None = None
+    ) -> None:
         self.config = config
         self.health = health
+        self.unit = unit
         self.admission = Admission(
             capacity=config.max_concurrency,
             queue_size=limits.queue_size,
@@ -43,9 +48,26 @@ class BackendRuntime:
         #: set when traffic arrives, so an idle probe loop switches to the busy interval at once
         self.wake = anyio.Event()
 
+    @property
+    def state(self) -> BackendState:
+        """The state routing sees: the probes' while the server runs, else the manager's."""
+        unit = self.unit
+        if unit is None:
+            return self.health.state
+        state = unit.state
+        if state is UnitState.FAILED:
+            return BackendState.DOWN
+        if state is UnitState.STARTING:
+            return BackendState.STARTING
+        if unit.process is None:  # wakes on its own terms: asleep when it does not answer
+            return BackendState.SLEEPING if self.health.state is BackendState.DOWN else self.health.state
+        if state is UnitState.RUNNING:
+            return self.health.state
+        return BackendState.SLEEPING
+
     def load(self) -> Load:
         return Load(
-            state=self.health.state,
+            state=self.state,
             in_flight=self.admission.in_flight,
             max_concurrency=self.admission.capacity,
             weight=self.config.weight,
@@ -60,9 +82,14 @@ class BackendPool:
     they stop when that group is cancelled (when the generation closes)."""
 
     def __init__(
-        self, config: Config, transport: Transport, clock: Callable[[], float] = time.monotonic
+        self,
+        config: Config,
+        transport: Transport,
+        manager: BackendManager | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
+        self._manager = manager
         self._transport = transport
         #: the clock health and idleness are measured with (tests inject one)
         self.clock = clock
@@ -82,7 +109,12 @@ class BackendPool:
             failure_threshold=self._config.health.failure_threshold,
             cooldown_seconds=self._config.health.cooldown_seconds,
         )
-        return BackendRuntime(backend, health, self._config.limits)
+        unit = self._manager.unit(backend.id) if self._manager is not None and backend.wakeable else None
+        if unit is not None and unit.running:
+            health.state = (
+                BackendState.UP
+            )  # kept across the reload, or adopted: it answered its readiness check
+        return BackendRuntime(backend, health, self._config.limits, unit)
 
     def load(self, backend_id: str) -> Load:
         return self.runtimes[backend_id].load()
@@ -128,7 +160,11 @@ class BackendPool:
         if not runtime.wake.is_set():
             runtime.wake.set()
 
-    async def _probe_once(self, runtime: BackendRuntime) -> ProbeResult:
+    async def _probe_once(self, runtime: BackendRuntime) -> ProbeResult | None:
+        unit = runtime.unit
+        if unit is not None and unit.process is not None and not unit.running:
+            runtime.health.reset_for_start()  # the next start's readiness check is its first probe
+            return None
         timeout = self._config.health.probe_timeout_seconds
         try:
             with anyio.fail_after(timeout * 3):
@@ -140,6 +176,10 @@ class BackendPool:
         runtime.idle_slots = result.idle_slots
         if result.models is not None:
             self.inventory.set_discovered(runtime.config.id, result.models)
+        if unit is not None and unit.process is None:
+            unit.note_awake(
+                result.ok
+            )  # a wake-only backend that stops answering is woken by the next request
         if runtime.health.state is not before:
             level = logging.WARNING if runtime.health.state is BackendState.DOWN else logging.INFO
             log.log(level, "backend %s is %s%s", runtime.config.id, runtime.health.state.value,

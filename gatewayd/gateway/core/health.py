@@ -11,10 +11,19 @@ class BackendState(enum.Enum):
     UP = "up"  # last probe or request succeeded
     DEGRADED = "degraded"  # answers, but is loading, saturated or slow: routable after UP backends
     DOWN = "down"  # failed `failure_threshold` times in a row: skipped until a probe succeeds
+    # managed and wakeable backends only (their state comes from the backend manager, not from probes):
+    SLEEPING = "sleeping"  # not running: routable, after running backends; the request starts it
+    STARTING = "starting"  # being started or woken: routable, after running backends; requests wait
 
 
 #: order in which routable states are preferred (lower first); DOWN is never routed to
-STATE_RANK = {BackendState.UP: 0, BackendState.UNKNOWN: 0, BackendState.DEGRADED: 1}
+STATE_RANK = {
+    BackendState.UP: 0,
+    BackendState.UNKNOWN: 0,
+    BackendState.DEGRADED: 1,
+    BackendState.STARTING: 2,  # already on its way: no second cold start
+    BackendState.SLEEPING: 3,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +59,13 @@ class Health:
     @property
     def routable(self) -> bool:
         return self.state is not BackendState.DOWN
+
+    def reset_for_start(self) -> None:
+        """The backend is a managed server that is not running: forget its failures. Once started it
+        passed a readiness check, so it starts UP."""
+        self.state = BackendState.UP
+        self.failures = 0
+        self.cooldown_until = 0.0
 
     def request_succeeded(self) -> None:
         self.failures = 0

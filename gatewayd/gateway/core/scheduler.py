@@ -214,6 +214,15 @@ class GroupScheduler:
         record.in_flight -= 1
         record.last_used = now
 
+    def evict_idle(self, member: str) -> bool:
+        """The caller wants to put ``member`` to sleep (its idle time ran out): True, and it is STOPPING
+        (report ``stopped``), when it is RUNNING with nothing in flight and nothing waiting; else False."""
+        record = self._member(member)
+        if record.state is not MemberState.RUNNING or record.in_flight or record.queue:
+            return False
+        record.state = MemberState.STOPPING
+        return True
+
     # --- metrics and state -----------------------------------------------------------------------------
 
     @property

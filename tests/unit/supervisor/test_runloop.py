@@ -51,6 +51,13 @@ class Factory:
         self.fail_close = fail_close
         self.gen: Gen | None = None
 
+    @asynccontextmanager
+    async def lifetime(self) -> AsyncIterator[None]:
+        yield
+
+    def hand_over(self) -> None:
+        pass
+
     def load_config(self, path: str | None) -> Config:
         return Config()
 
