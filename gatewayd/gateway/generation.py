@@ -10,6 +10,7 @@ from quart import Quart
 
 from gatewayd.config import Config
 from gatewayd.gateway.app import model_state
+from gatewayd.gateway.backends.manager import UnitState
 from gatewayd.gateway.backends.pool import BackendPool
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.inference import INFERENCE_ROUTES, InferenceEndpoint
@@ -19,6 +20,10 @@ from gatewayd.gateway.relay import StreamRegistry
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+#: states in which a backend counts as up (backend_up gauge)
+_UP = frozenset({BackendState.UP, BackendState.DEGRADED, BackendState.UNKNOWN})
 
 
 class GatewayGeneration:
@@ -65,9 +70,7 @@ class GatewayGeneration:
     def status(self) -> Mapping[str, object]:
         runtimes = self.pool.runtimes.values()
         return {
-            "backends_up": sum(
-                1 for r in runtimes if r.health.routable and r.health.state is not BackendState.UNKNOWN
-            ),
+            "backends_up": sum(1 for r in runtimes if r.state in (BackendState.UP, BackendState.DEGRADED)),
             "backends_total": len(self.pool.runtimes),
             "in_flight": self._in_flight,
             "queued": sum(r.admission.queued for r in runtimes),
@@ -80,7 +83,7 @@ class GatewayGeneration:
                 "id": r.config.id,
                 "kind": r.config.kind.value,
                 "url": _without_userinfo(r.config.url),
-                "state": r.health.state.value,
+                "state": r.state.value,
                 "in_flight": r.admission.in_flight,
                 "max_concurrency": r.admission.capacity,
                 "queued": r.admission.queued,
@@ -94,17 +97,20 @@ class GatewayGeneration:
     def model_rows(self) -> list[dict[str, Any]]:
         rows = []
         for entry in self.pool.inventory.entries():
-            states = [
-                self.pool.runtimes[t.backend].health.state
-                for t in entry.targets
-                if t.backend in self.pool.runtimes
+            runtimes = [
+                self.pool.runtimes[t.backend] for t in entry.targets if t.backend in self.pool.runtimes
             ]
+            state = model_state([runtime.state for runtime in runtimes])
+            if state == "unavailable" and any(
+                runtime.unit is not None and runtime.unit.state is UnitState.FAILED for runtime in runtimes
+            ):
+                state = "failed"  # gatewayd's start of its server failed (its backoff is running)
             rows.append(
                 {
                     "name": entry.name,
                     "routed": entry.routed,
                     "backends": [{"backend": t.backend, "model": t.model} for t in entry.targets],
-                    "state": model_state(states),
+                    "state": state,
                 }
             )
         return rows
@@ -121,7 +127,7 @@ class GatewayGeneration:
         if self.draining:
             return []
         return [
-            ((r.config.id, r.health.state.value), 1.0 if r.health.routable else 0.0)
+            ((r.config.id, r.state.value), 1.0 if r.state in _UP else 0.0)
             for r in self.pool.runtimes.values()
         ]
 

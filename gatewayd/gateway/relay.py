@@ -181,6 +181,13 @@ class Relay:
             raise ModelNotFound(f"model '{exchange.model}' is not served by any backend", param="model")
         ordered, exchange.preference = order_targets(targets, pool.load, preferred=exchange.preferred)
         if not ordered:
+            failed = [
+                error
+                for t in targets
+                if (unit := pool.runtimes[t.backend].unit) is not None and (error := unit.start_error())
+            ]
+            if len(failed) == len(targets):  # every one is a server gatewayd failed to start: say why
+                raise BackendUnavailable(failed[0].message, backend=failed[0].backend)
             reasons = "; ".join(
                 f"{t.backend}: {pool.runtimes[t.backend].health.last_error or 'down'}" for t in targets
             )

@@ -163,6 +163,7 @@ class ManagedBackend:
             while not await group.acquire(self):  # False: a reload replaced the group meanwhile
                 group = self.group
                 assert group is not None
+        self.leases += 1
         try:
             yield
         finally:

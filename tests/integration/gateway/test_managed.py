@@ -1,0 +1,187 @@
+"""Managed backends through the real gateway: the test model server run as a real managed command, started
+on demand, shared by concurrent requests, put to sleep when idle, restarted after a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from gatewayd.config import Backend, BackendKind, Config, HealthSettings, ManagedSettings
+from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.process import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+MODEL = "m"
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+CHAT = {"model": MODEL, "messages": MESSAGES}
+FAKE = (sys.executable, "-m", "tests.support.fake_backend", "--port", "${PORT}", "--models", MODEL)
+
+
+def managed(backend_id: str = "local", **changes: object) -> Backend:
+    backend = Backend(
+        id=backend_id,
+        kind=BackendKind.OPENAI,
+        command=FAKE,
+        cwd=str(REPO_ROOT),
+        models=(MODEL,),
+        start_timeout_seconds=30.0,
+    )
+    return replace(backend, **changes)  # type: ignore[arg-type]
+
+
+@contextmanager
+def gateway(tmp_path: Path, *backends: Backend, **changes: object) -> Iterator[RunningGateway]:
+    config = replace(
+        Config(backends=backends, health=HealthSettings(probe_interval_idle_seconds=0.2)), **changes
+    )  # type: ignore[arg-type]
+    with running_gateway(config, state_dir=tmp_path / "state") as gw:
+        yield gw
+
+
+def log_of(tmp_path: Path, backend_id: str = "local") -> str:
+    path = tmp_path / "state" / "backends" / f"{backend_id}.log"
+    return path.read_text() if path.exists() else ""
+
+
+def unit_state(gw: RunningGateway, backend_id: str = "local") -> str:
+    unit = gw.factory.manager.unit(backend_id)
+    assert unit is not None
+    return str(gw.call(lambda: unit.state.value))
+
+
+def unit_pid(gw: RunningGateway, backend_id: str = "local") -> int | None:
+    unit = gw.factory.manager.unit(backend_id)
+    assert unit is not None
+    pid: int | None = gw.call(lambda: unit.pid)
+    return pid
+
+
+def wait_until(predicate: object, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def listed_state(gw: RunningGateway) -> str:
+    models = httpx.get(gw.url + "/v1/models", timeout=10).json()["data"]
+    return str(next(model["state"] for model in models if model["id"] == MODEL))
+
+
+def chat(gw: RunningGateway) -> httpx.Response:
+    return httpx.post(gw.openai_url + "/chat/completions", json=CHAT, timeout=60)
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens there: a server may bind it (as servers do, with SO_REUSEADDR, since connections the
+    old one closed may sit in TIME_WAIT)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_ten_concurrent_requests_for_a_sleeping_backend_start_it_once(tmp_path: Path) -> None:
+    with gateway(tmp_path, managed()) as gw:
+        assert unit_state(gw) == "sleeping"
+        assert listed_state(gw) == "sleeping"
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(lambda _: chat(gw), range(10)))
+        assert [r.status_code for r in responses] == [200] * 10
+        assert {r.headers["x-gatewayd-backend"] for r in responses} == {"local"}
+        assert log_of(tmp_path).count("listening on") == 1
+        assert unit_state(gw) == "running"
+        assert listed_state(gw) == "running"
+        models = httpx.get(gw.url + "/api/ps", timeout=10).json()["models"]
+        assert [model["name"] for model in models] == [MODEL]
+
+
+def test_a_command_that_exits_at_once_fails_every_waiter_alike_then_is_tried_again(tmp_path: Path) -> None:
+    failing = managed(command=(sys.executable, "-c", "print('no GPU found'); raise SystemExit(3)"))
+    settings = ManagedSettings(failed_start_backoff_seconds=1.0)
+    with gateway(tmp_path, failing, managed=settings) as gw:
+        with ThreadPoolExecutor(5) as pool:
+            responses = list(pool.map(lambda _: chat(gw), range(5)))
+        assert [r.status_code for r in responses] == [503] * 5
+        messages = {r.json()["error"]["message"] for r in responses}
+        assert len(messages) == 1
+        (message,) = messages
+        assert "exited with code 3 before it was ready" in message
+        assert "no GPU found" in message
+        assert log_of(tmp_path).count("no GPU found") == 1
+        assert listed_state(gw) == "failed"
+        # within the backoff: the same answer, no new start
+        again = httpx.post(gw.openai_url + "/chat/completions", json=CHAT, timeout=60)
+        assert again.status_code == 503
+        assert again.json()["error"]["message"] == message
+        assert log_of(tmp_path).count("no GPU found") == 1
+        time.sleep(1.2)
+        later = httpx.post(gw.openai_url + "/chat/completions", json=CHAT, timeout=60)
+        assert later.status_code == 503
+        assert log_of(tmp_path).count("no GPU found") == 2
+        ollama = httpx.post(gw.url + "/api/chat", json={**CHAT, "stream": False}, timeout=60)
+        assert ollama.status_code == 503
+        assert "exited with code 3" in ollama.json()["error"]
+
+
+def test_an_idle_backend_is_stopped_and_its_port_freed(tmp_path: Path) -> None:
+    with gateway(tmp_path, managed(idle_ttl_seconds=1.0)) as gw:
+        assert httpx.post(gw.openai_url + "/chat/completions", json=CHAT, timeout=60).status_code == 200
+        pid = unit_pid(gw)
+        unit = gw.factory.manager.unit("local")
+        assert unit is not None
+        assert unit.port is not None
+        port = unit.port
+        assert pid is not None
+        assert not port_is_free(port)
+        wait_until(lambda: unit_state(gw) == "sleeping", what="the idle backend to sleep")
+        assert port_is_free(port)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert not (tmp_path / "state" / "backends" / "local.json").exists()
+        # and it wakes again on the next request
+        assert httpx.post(gw.openai_url + "/chat/completions", json=CHAT, timeout=60).status_code == 200
+        assert log_of(tmp_path).count("listening on") == 2
+
+
+def test_a_server_killed_mid_stream_ends_the_stream_cleanly_and_is_restarted(tmp_path: Path) -> None:
+    slow = managed(
+        command=(*FAKE, "--behaviour", '{"chunks": 200, "chunk_delay_seconds": 0.02}'),
+    )
+    with (
+        gateway(tmp_path, slow) as gw,
+        openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client,
+    ):
+        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        chunks = iter(stream)
+        for _ in range(5):
+            next(chunks)
+        pid = unit_pid(gw)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(openai.APIError):
+            list(chunks)  # the rest of the stream ends in an error event, not a normal end
+        wait_until(lambda: unit_state(gw) == "sleeping", what="the crash to be noticed")
+        answer = client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        assert answer.choices[0].message.content
+        new_pid = unit_pid(gw)
+        assert new_pid is not None
+        assert new_pid != pid
