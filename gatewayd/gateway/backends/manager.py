@@ -89,9 +89,10 @@ class ManagedBackend:
     """One managed (or wakeable) backend, across generations. ``backend`` is its latest config with the
     url resolved; ``leases`` counts the requests using it, whatever generation they belong to."""
 
-    def __init__(self, manager: BackendManager, backend: Backend, port: int | None) -> None:
+    def __init__(self, manager: BackendManager, backend: Backend, port: int | None, definition: str) -> None:
         self.manager = manager
-        self.fingerprint = fingerprint(backend)
+        #: ``fingerprint`` of its config as written (before the url was resolved)
+        self.fingerprint = definition
         self.port = port
         self.backend = backend
         self.process: ManagedProcess | None = None
@@ -465,7 +466,7 @@ class BackendManager:
         if backend.managed:
             port = record.port if record is not None else pick_free_port(LOOPBACK)
         resolved = replace(backend, url=resolved_url(backend, port)) if port is not None else backend
-        unit = ManagedBackend(self, resolved, port)
+        unit = ManagedBackend(self, resolved, port, fingerprint(backend))
         if unit.process is not None:
             self.spawn(unit.process.watch)
             if record is not None and not unit.process.adopt(record):
@@ -480,7 +481,7 @@ class BackendManager:
         if await records.terminate_group(record, signal.SIGTERM, timeout_seconds=10.0):
             log.info("stopped backend %s (pid %d) left running by a previous gatewayd", record.backend_id,
                      record.pid)  # fmt: skip
-        records.remove_record(self.records_dir, record.backend_id)
+        records.remove_record(self.records_dir, record.backend_id, pid=record.pid)
 
     async def stop_all(self, reason: str) -> None:
         async with anyio.create_task_group() as tg:

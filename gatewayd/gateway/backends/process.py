@@ -438,7 +438,7 @@ class ManagedProcess:
             records.signal_group(record.pgid, signal.SIGKILL)
             code = await anyio.to_thread.run_sync(child.popen.wait)
             self._last_exit_code = code
-        records.remove_record(self._records_dir, record.backend_id)
+        records.remove_record(self._records_dir, record.backend_id, pid=record.pid)
         if self._child is child:
             self._child, self._started_at = None, None
         self._set_state(final)

@@ -160,9 +160,18 @@ def read_records(directory: Path) -> dict[str, Record]:
     return records
 
 
-def remove_record(directory: Path, backend_id: str) -> None:
-    """Delete the record of ``backend_id``; a missing record is not an error."""
-    record_path(directory, backend_id).unlink(missing_ok=True)
+def remove_record(directory: Path, backend_id: str, *, pid: int | None = None) -> None:
+    """Delete the record of ``backend_id``; a missing record is not an error. With ``pid``, only if the
+    record is still that process's: during a reload a replaced server is stopped while its successor (same
+    backend id) has already written its own record."""
+    path = record_path(directory, backend_id)
+    if pid is not None:
+        try:
+            if json.loads(path.read_text()).get("pid") != pid:
+                return
+        except (OSError, ValueError, AttributeError):
+            return
+    path.unlink(missing_ok=True)
 
 
 def is_alive(record: Record) -> bool:
