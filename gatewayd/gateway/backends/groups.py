@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gatewayd.backends")
 
+#: a member idle this long gives way at once to a model waiting for the group (before its turn is over);
+#: shorter gaps (a client between two requests) keep it loaded
+IDLE_GRACE_SECONDS = 0.5
+
 
 class _Waiter:
     __slots__ = ("error", "event", "granted", "regroup", "ticket")
@@ -49,6 +53,7 @@ class GroupDriver:
             {unit.id: unit.backend.max_concurrency for unit in members},
             capacity=group.max_running,
             max_wait_seconds=group.max_wait_seconds,
+            idle_grace_seconds=min(IDLE_GRACE_SECONDS, group.max_wait_seconds),
         )
         now = manager.clock()
         for unit in members:

@@ -25,8 +25,10 @@ Policy ``MODEL_AWARE`` (the default):
   since its oldest ticket arrived or since it last lost its slot, whichever is later (``waiting_since``).
   Outsiders take free slots longest-waiting first, so a member that just yielded its slot with a backlog
   of its own does not win it straight back.
-- With no free slot, an outsider takes the slot of a RUNNING member that is idle (nothing in flight) and
-  that nobody waits for, least recently used first: nobody loses anything by that swap.
+- With no free slot, an outsider takes the slot of a RUNNING member that has been idle (nothing in flight,
+  nobody waiting for it) for ``idle_grace_seconds``, least recently used first: nobody loses anything by
+  that swap. (The grace keeps a model whose clients send request after request from losing the GPU in the
+  instant between two of them.)
 - Otherwise the residents keep serving: a RUNNING member is granted its waiting tickets, FIFO, up to its
   ``max_in_flight``. The model that is loaded is used before any swap.
 - Starvation bound: once an outsider has waited ``max_wait_seconds`` and a resident has been RUNNING for
@@ -158,6 +160,7 @@ class GroupScheduler:
         capacity: int = 1,
         max_wait_seconds: float,
         policy: Policy = Policy.MODEL_AWARE,
+        idle_grace_seconds: float = 0.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
@@ -170,6 +173,7 @@ class GroupScheduler:
         self.capacity = capacity
         self.max_wait_seconds = max_wait_seconds
         self.policy = policy
+        self.idle_grace_seconds = idle_grace_seconds
         self._members = {name: _Member(name, limit) for name, limit in members.items()}
         self._ids = itertools.count(1)
 
@@ -258,6 +262,11 @@ class GroupScheduler:
         times = [o.waiting_since for o in outsiders]
         times += [m.serving_since for m in self._members.values() if m.state is MemberState.RUNNING]
         due = [t + self.max_wait_seconds for t in times if t + self.max_wait_seconds > now]
+        due += [
+            m.last_used + self.idle_grace_seconds
+            for m in self._running()
+            if m.in_flight == 0 and not m.queue and m.last_used + self.idle_grace_seconds > now
+        ]
         return min(due, default=None)
 
     # --- the decision ----------------------------------------------------------------------------------
@@ -298,7 +307,7 @@ class GroupScheduler:
             if coming > 0:
                 coming -= 1  # a slot is already on its way for this outsider
                 continue
-            unwanted = [m for m in self._running() if m.in_flight == 0 and not m.queue]
+            unwanted = [m for m in self._idle(now)]
             if unwanted:
                 self._evict(min(unwanted, key=lambda m: m.last_used), evict)
                 continue
@@ -346,6 +355,14 @@ class GroupScheduler:
 
     def _outsiders(self) -> Iterator[_Member]:
         return (m for m in self._members.values() if m.state is MemberState.STOPPED and m.queue)
+
+    def _idle(self, now: float) -> Iterator[_Member]:
+        """RUNNING members nobody uses or waits for, idle for at least ``idle_grace_seconds``."""
+        return (
+            m
+            for m in self._running()
+            if m.in_flight == 0 and not m.queue and now - m.last_used >= self.idle_grace_seconds
+        )
 
     def _running(self) -> Iterator[_Member]:
         return (m for m in self._members.values() if m.state is MemberState.RUNNING)

@@ -445,3 +445,15 @@ def test_every_ticket_not_cancelled_is_granted_once_and_in_order_within_its_memb
         assert ids == sorted(ids)
         assert scheduler.queue_depth(member) == 0
         assert scheduler.in_flight(member) == 0
+
+
+def test_an_idle_member_keeps_its_slot_through_the_idle_grace_then_gives_way() -> None:
+    scheduler = GroupScheduler({"a": 1, "b": 1}, capacity=1, max_wait_seconds=10.0, idle_grace_seconds=0.5)
+    running(scheduler, "a", now=0.0)
+    scheduler.enqueue("b", 0.1)
+    decision = scheduler.decide(0.1)
+    assert decision.evict == ()  # a was used 0.1 s ago: its clients may be between two requests
+    assert decision.wake_at == pytest.approx(0.5)
+    assert scheduler.decide(0.5).evict == ("a",)
+    scheduler.stopped("a", 0.6)
+    assert scheduler.decide(0.6).start == ("b",)
