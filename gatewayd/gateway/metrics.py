@@ -158,9 +158,29 @@ class Metrics:
             ("backend", "state"),
         )
         self.info = Gauge("gatewayd_generation", "Generations alive in this process, by state.", ("state",))
+        self.starts = Counter(
+            "gatewayd_backend_starts_total",
+            "Starts (or wakes) of servers gatewayd runs, by backend and outcome (ok, failed).",
+            ("backend", "outcome"),
+        )
+        self.swaps = Counter(
+            "gatewayd_group_swaps_total", "Members started in an exclusive group, by group.", ("group",)
+        )
+        self.group_wait = Histogram(
+            "gatewayd_group_wait_seconds",
+            "Time a request waited for its exclusive group's scheduler, by group and backend (model).",
+            ("group", "backend"),
+            LATENCY_BUCKETS,
+        )
+        self.group_queued = Gauge(
+            "gatewayd_group_queue_depth",
+            "Requests waiting for an exclusive group, by group and backend (model).",
+            ("group", "backend"),
+        )
         self._all = (
             self.requests, self.attempts, self.tokens, self.latency, self.ttft, self.overhead,
             self.in_flight, self.queued, self.backend_up, self.info,
+            self.starts, self.swaps, self.group_wait, self.group_queued,
         )  # fmt: skip
 
     def render(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -32,6 +32,7 @@ from gatewayd.errors import (
 from gatewayd.gateway.backends.pool import BackendPool, BackendRuntime
 from gatewayd.gateway.backends.probes import api_url, auth_headers
 from gatewayd.gateway.backends.transport import Transport, UpstreamResponse
+from gatewayd.gateway.core.affinity import AffinityTable, Outcome, affinity_key
 from gatewayd.gateway.core.dialects import Api, Framing, Usage, backend_dialect, stream_error_payload
 from gatewayd.gateway.core.framing import (
     DONE,
@@ -64,12 +65,15 @@ class Exchange:
     """One client request and what became of it. Filled in by the relay, read by the log and metrics."""
 
     __slots__ = (
+        "affinity",
+        "affinity_key",
         "api",
         "attempts",
         "backend",
         "body",
         "error",
         "first_byte_at",
+        "headers",
         "model",
         "preference",
         "preferred",
@@ -94,6 +98,7 @@ class Exchange:
         stream: bool,
         preferred: str | None,
         received_at: float,
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         self.request_id = request_id
         self.api = api
@@ -103,8 +108,13 @@ class Exchange:
         self.stream = stream
         self.preferred = preferred
         self.received_at = received_at
+        #: the request's headers as the ASGI scope has them: lower-case names, bytes
+        self.headers = headers
         self.backend: str | None = None
         self.preference: Preference | None = None
+        #: the conversation's pin key and what the pin table said, when affinity was consulted
+        self.affinity_key: str | None = None
+        self.affinity: Outcome | None = None
         self.attempts = 0
         self.status = 0
         #: True once the response start was sent: no fallback, errors end the stream in band
@@ -124,6 +134,8 @@ class Exchange:
             headers.append((b"x-gatewayd-backend", self.backend.encode()))
         if self.preference is not None:
             headers.append((b"x-gatewayd-preferred-backend", self.preference.value.encode()))
+        if self.affinity is not None:
+            headers.append((b"x-gatewayd-affinity", self.affinity.value.encode()))
         if self.attempts > 1:
             headers.append((b"x-gatewayd-attempts", str(self.attempts).encode()))
         return headers
@@ -154,7 +166,10 @@ class StreamRegistry:
 
 
 class Relay:
-    """Relays exchanges for one generation."""
+    """Relays exchanges for one generation.
+
+    ``affinity`` is the process's pin table (it outlives the generation); it is consulted only when
+    ``config.affinity.enabled``."""
 
     def __init__(
         self,
@@ -163,6 +178,8 @@ class Relay:
         transport: Transport,
         streams: StreamRegistry,
         metrics: Metrics,
+        *,
+        affinity: AffinityTable | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics
@@ -170,6 +187,9 @@ class Relay:
         self._transport = transport
         self._streams = streams
         self._max_attempts = config.limits.max_attempts
+        self._affinity = affinity if config.affinity.enabled else None
+        self._session_headers = tuple(name.lower() for name in config.affinity.session_headers)
+        self._session_header_names = frozenset(name.encode("latin-1") for name in self._session_headers)
 
     async def candidates(self, exchange: Exchange) -> list[Target]:
         """Ordered targets for the exchange's model. Raises ModelNotFound or BackendUnavailable."""
@@ -192,7 +212,33 @@ class Relay:
                 f"{t.backend}: {pool.runtimes[t.backend].health.last_error or 'down'}" for t in targets
             )
             raise BackendUnavailable(f"every backend for model '{exchange.model}' is down ({reasons})")
+        if self._affinity is not None and exchange.preferred is None:
+            ordered = self._stick(exchange, ordered, self._affinity)
         return ordered[: self._max_attempts]
+
+    def _stick(self, exchange: Exchange, ordered: list[Target], table: AffinityTable) -> list[Target]:
+        """``ordered`` with the conversation's pinned backend first on a hit, else as it was. A pinned
+        backend that is busy still goes first (its cache spares the prompt's reprocessing); one whose queue
+        is full is passed over by the attempt loop and the pin moves to whichever backend serves."""
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in exchange.headers
+            if name in self._session_header_names
+        }
+        settings = self._config.affinity
+        key = affinity_key(
+            headers,
+            exchange.body,
+            session_headers=self._session_headers,
+            leading_messages=settings.leading_messages,
+        )
+        if key is None:  # nothing names the conversation: routed as usual, no pin, no header
+            return ordered
+        exchange.affinity_key = key
+        pinned, exchange.affinity = table.choose(key, [t.backend for t in ordered], self._pool.clock())
+        if pinned is None or ordered[0].backend == pinned:
+            return ordered
+        return [t for t in ordered if t.backend == pinned] + [t for t in ordered if t.backend != pinned]
 
     async def relay(self, exchange: Exchange, send: Send) -> None:
         """Serve the exchange, sending the response through ``send``.
@@ -214,6 +260,8 @@ class Relay:
             exchange.attempts += 1
             try:
                 await self._attempt(exchange, runtime, target, send)
+                if exchange.affinity_key is not None and self._affinity is not None:
+                    self._affinity.pin(exchange.affinity_key, target.backend, self._pool.clock())
                 return
             except BackendError as error:
                 if exchange.started:
@@ -243,7 +291,7 @@ class Relay:
         self, exchange: Exchange, runtime: BackendRuntime, target: Target, send: Send
     ) -> None:
         backend = runtime.config
-        await runtime.admission.acquire(backend.id)
+        await runtime.admission.acquire(backend.id, priority=exchange.api.is_embedding)
         self._pool.note_traffic(runtime)
         upstream: UpstreamResponse | None = None
         completed = False

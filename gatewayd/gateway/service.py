@@ -11,12 +11,13 @@ from typing import Any
 
 import anyio
 
-from gatewayd.config import Config
+from gatewayd.config import AffinitySettings, Config
 from gatewayd.config.loader import load
 from gatewayd.gateway.app import create_app
 from gatewayd.gateway.backends.manager import BackendManager
 from gatewayd.gateway.backends.pool import BackendPool
 from gatewayd.gateway.backends.transport import Transport
+from gatewayd.gateway.core.affinity import AffinityTable
 from gatewayd.gateway.generation import GatewayGeneration
 from gatewayd.gateway.inference import InferenceEndpoint
 from gatewayd.gateway.metrics import Metrics
@@ -26,7 +27,8 @@ log = logging.getLogger("gatewayd.gateway")
 
 
 class GatewayFactory:
-    """Builds gateway generations. One per process; owns what must outlive a reload (the metrics)."""
+    """Builds gateway generations. One per process; owns what must outlive a reload (the metrics, the
+    managed backends, the affinity pins)."""
 
     def __init__(
         self,
@@ -42,7 +44,9 @@ class GatewayFactory:
         self._environ = environ
         self.metrics = Metrics()
         #: managed and wakeable backends: process-wide, kept across generations
-        self.manager = BackendManager(state_dir)
+        self.manager = BackendManager(state_dir, self.metrics)
+        self._affinity: AffinityTable | None = None
+        self._affinity_limits: tuple[int, float] | None = None
 
     @asynccontextmanager
     async def lifetime(self) -> AsyncIterator[None]:
@@ -79,7 +83,8 @@ class GatewayFactory:
         async with Transport() as transport, anyio.create_task_group() as tg:
             pool = BackendPool(config, transport, self.manager)
             streams = StreamRegistry()
-            relay = Relay(config, pool, transport, streams, metrics)
+            affinity = self.affinity_table(config.affinity) if config.affinity.enabled else None
+            relay = Relay(config, pool, transport, streams, metrics, affinity=affinity)
             inference = InferenceEndpoint(
                 relay,
                 metrics,
@@ -110,6 +115,17 @@ class GatewayFactory:
                 tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await app.shutdown()
+
+    def affinity_table(self, settings: AffinitySettings) -> AffinityTable:
+        """The process's affinity pins, shared by every generation so conversations stay put across reloads.
+        A reload that changes ``max_entries`` or ``ttl_seconds`` starts an empty table with the new bounds
+        (a generation still draining keeps the old one); the pins are lost then, not the conversations:
+        their next turns are misses and pin again."""
+        limits = (settings.max_entries, settings.ttl_seconds)
+        if self._affinity is None or self._affinity_limits != limits:
+            self._affinity = AffinityTable(max_entries=settings.max_entries, ttl_seconds=settings.ttl_seconds)
+            self._affinity_limits = limits
+        return self._affinity
 
 
 def _log_inventory(generation: GatewayGeneration) -> None:

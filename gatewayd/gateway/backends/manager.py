@@ -38,6 +38,7 @@ from gatewayd.gateway.backends import records
 from gatewayd.gateway.backends.groups import GroupDriver, build_groups
 from gatewayd.gateway.backends.process import LaunchSpec, ManagedProcess, ProcessState, pick_free_port
 from gatewayd.gateway.backends.transport import Transport
+from gatewayd.gateway.metrics import Metrics
 
 log = logging.getLogger("gatewayd.backends")
 
@@ -200,9 +201,11 @@ class ManagedBackend:
         try:
             await self.start_now()
         except BackendUnavailable as error:
+            self.manager.metrics.starts.inc((self.id, "failed"))
             self._error = error
             self._failed_until = self.manager.clock() + self.manager.settings.failed_start_backoff_seconds
         else:
+            self.manager.metrics.starts.inc((self.id, "ok"))
             self._error = None
             self._failed_until = -math.inf
         finally:
@@ -383,10 +386,13 @@ class BackendManager:
     def __init__(
         self,
         state_dir: Path,
+        metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.records_dir = state_dir / "backends"
+        self.metrics = metrics
+        metrics.group_queued.sources.append(self._queue_depths)
         self.clock = clock
         self.settings = ManagedSettings()
         self.units: dict[str, ManagedBackend] = {}
@@ -409,6 +415,13 @@ class BackendManager:
             with anyio.CancelScope(shield=True):
                 if not self._handed_over:
                     await self.stop_all("gatewayd is stopping")
+
+    def _queue_depths(self) -> list[tuple[tuple[str, ...], float]]:
+        return [
+            ((name, member), float(driver.queue_depth(member)))
+            for name, driver in self.groups.items()
+            for member in driver.members
+        ]
 
     def hand_over(self) -> None:
         """A respawned gatewayd takes over: leave every server running, stop putting idle ones to sleep."""

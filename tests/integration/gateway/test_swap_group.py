@@ -79,6 +79,7 @@ def test_alternating_load_on_a_one_gpu_group(tmp_path: Path) -> None:
         for thread in threads:
             thread.join(60)
         swaps = gw.call(lambda: gw.factory.manager.groups["gpu"].swaps)
+        metrics = httpx.get(gw.url + "/metrics", timeout=10).text
 
     assert failures == []
     assert most_running == 1  # never two models on the one GPU
@@ -88,3 +89,11 @@ def test_alternating_load_on_a_one_gpu_group(tmp_path: Path) -> None:
     # each model keeps the GPU for a turn of at least max_wait_seconds: far fewer swaps than requests
     assert 2 <= swaps <= LOAD_SECONDS / MAX_WAIT_SECONDS + 2
     assert served > 4 * swaps
+    assert f'gatewayd_group_swaps_total{{group="gpu"}} {swaps}\n' in metrics
+    waits = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("gatewayd_group_wait_seconds_count{")
+    )
+    assert waits == served
+    assert 'gatewayd_group_queue_depth{group="gpu",backend="a"} 0' in metrics

@@ -152,3 +152,26 @@ async def _acquire_in(scope: anyio.CancelScope, slots: Admission) -> None:
     with scope:
         await slots.acquire("b")
         pytest.fail("the cancelled waiter must not keep the slot")
+
+
+async def test_priority_waiters_are_served_before_the_others_fifo_among_themselves() -> None:
+    slots = admission(capacity=1, queue_size=10)
+    await slots.acquire("b")
+    order: list[str] = []
+
+    async def wait(name: str, priority: bool) -> None:
+        await slots.acquire("b", priority=priority)
+        order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        for index, (name, priority) in enumerate(
+            [("chat-1", False), ("embed-1", True), ("chat-2", False), ("embed-2", True)]
+        ):
+            tg.start_soon(wait, name, priority)
+            await wait_queued(slots, index + 1)
+        for served in range(4):
+            slots.release()
+            with anyio.fail_after(5):
+                while len(order) <= served:
+                    await anyio.lowlevel.checkpoint()
+    assert order == ["embed-1", "embed-2", "chat-1", "chat-2"]
