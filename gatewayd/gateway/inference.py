@@ -153,6 +153,7 @@ class InferenceEndpoint:
             stream=False,
             preferred=_header(scope, b"x-gatewayd-preferred-backend"),
             received_at=received,
+            headers=scope["headers"],
         )
         error: RequestError | None = None
         try:
