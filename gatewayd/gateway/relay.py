@@ -29,6 +29,7 @@ from gatewayd.errors import (
     RequestError,
     UpstreamStatus,
 )
+from gatewayd.gateway.backends.manager import ManagedBackend
 from gatewayd.gateway.backends.pool import BackendPool, BackendRuntime
 from gatewayd.gateway.backends.probes import api_url, auth_headers
 from gatewayd.gateway.backends.transport import Transport, UpstreamResponse
@@ -45,6 +46,7 @@ from gatewayd.gateway.core.framing import (
     split_complete,
 )
 from gatewayd.gateway.core.inventory import Target
+from gatewayd.gateway.core.keepalive import keepalive_event
 from gatewayd.gateway.core.routing import Preference, order_targets
 from gatewayd.gateway.core.translate import translator
 from gatewayd.gateway.core.translate_base import StreamTranslator, Translator
@@ -280,12 +282,60 @@ class Relay:
             return
         # a managed or wakeable backend: started (or woken) first, or admitted by its group's scheduler
         try:
-            async with unit.use():
-                await self._attempt_on(exchange, runtime, target, send)
+            if exchange.stream and self._config.managed.stream_progress and not unit.running:
+                await self._attempt_with_progress(exchange, runtime, unit, target, send)
+            else:
+                async with unit.use():
+                    await self._attempt_on(exchange, runtime, target, send)
         except BackendUnavailable:
             if unit.process is None:
                 unit.note_awake(False)  # it stopped answering: the next request wakes it
             raise
+
+    async def _attempt_with_progress(
+        self, exchange: Exchange, runtime: BackendRuntime, unit: ManagedBackend, target: Target, send: Send
+    ) -> None:
+        """A stream waiting for its backend to start: every ``managed.progress_interval_seconds`` it gets a
+        keep-alive event, so the client's read timeout does not fire. The first one commits the response
+        (200, this backend: no fallback from then on); a start that fails after that ends the stream with
+        an error event in its dialect."""
+        interval = self._config.managed.progress_interval_seconds
+        ready = anyio.Event()
+        quiet = anyio.Event()  # the keep-alive task sends nothing more: the response is ours again
+
+        async def keep_alive() -> None:
+            try:
+                while True:
+                    with anyio.move_on_after(interval):
+                        await ready.wait()
+                        return
+                    event = keepalive_event(exchange.api, exchange.model, unit.id)
+                    if exchange.started:
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
+                    else:
+                        exchange.backend = unit.id
+                        await self._start_stream(exchange, send, exchange.api.framing, event)
+            finally:
+                quiet.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_alive)
+            entered = False
+            try:
+                async with unit.use():
+                    entered = True
+                    ready.set()
+                    await quiet.wait()
+                    await self._attempt_on(exchange, runtime, target, send)
+            except BackendError as error:
+                ready.set()
+                await quiet.wait()
+                if entered or not exchange.started:
+                    raise
+                await self._end_stream_with_error(
+                    exchange, send, error.message, error.code or "backend_error"
+                )
+                raise
 
     async def _attempt_on(
         self, exchange: Exchange, runtime: BackendRuntime, target: Target, send: Send

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import ollama
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -81,6 +82,10 @@ def wait_until(predicate: object, timeout: float = 20.0, what: str = "condition"
 def listed_state(gw: RunningGateway) -> str:
     models = httpx.get(gw.url + "/v1/models", timeout=10).json()["data"]
     return str(next(model["state"] for model in models if model["id"] == MODEL))
+
+
+def ollama_client(gw: RunningGateway) -> ollama.Client:
+    return ollama.Client(host=gw.url, timeout=60)
 
 
 def chat(gw: RunningGateway) -> httpx.Response:
@@ -185,3 +190,48 @@ def test_a_server_killed_mid_stream_ends_the_stream_cleanly_and_is_restarted(tmp
         new_pid = unit_pid(gw)
         assert new_pid is not None
         assert new_pid != pid
+
+
+PROGRESS = ManagedSettings(stream_progress=True, progress_interval_seconds=0.2)
+#: a llama-server that reports "loading model" for 1.5 s after it starts
+loading = managed(
+    kind=BackendKind.LLAMA_SERVER, command=(*FAKE, "--kind", "llama-server", "--load-seconds", "1.5")
+)
+
+
+def test_a_stream_waiting_for_its_server_to_load_gets_keep_alive_events(tmp_path: Path) -> None:
+    loading = managed(
+        kind=BackendKind.LLAMA_SERVER, command=(*FAKE, "--kind", "llama-server", "--load-seconds", "1.5")
+    )
+    with gateway(tmp_path, loading, managed=PROGRESS) as gw:
+        body = {**CHAT, "stream": True}
+        with httpx.stream("POST", gw.openai_url + "/chat/completions", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            assert response.headers["x-gatewayd-backend"] == "local"
+            lines = [line for line in response.iter_lines() if line]
+        comments = [line for line in lines if line.startswith(":")]
+        assert comments
+        assert all(line == ": gatewayd: starting backend local" for line in comments)
+        assert lines[: len(comments)] == comments  # all before the first event
+        assert lines[-1] == "data: [DONE]"
+
+
+def test_an_ollama_stream_waiting_for_its_server_gets_empty_messages(tmp_path: Path) -> None:
+    with gateway(tmp_path, loading, managed=PROGRESS) as gw, ollama_client(gw) as client:
+        parts = list(client.chat(model=MODEL, messages=MESSAGES, stream=True))
+    keepalives = [part for part in parts if not part.message.content and not part.done]
+    assert keepalives
+    assert parts[: len(keepalives)] == keepalives
+    assert "".join(part.message.content or "" for part in parts)
+    assert parts[-1].done
+
+
+def test_a_failed_start_after_keep_alive_events_ends_the_stream_with_an_error_event(tmp_path: Path) -> None:
+    slow_failure = managed(command=(sys.executable, "-c", "import time; time.sleep(1); raise SystemExit(4)"))
+    with (
+        gateway(tmp_path, slow_failure, managed=PROGRESS) as gw,
+        openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client,
+    ):
+        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="exited with code 4"):
+            list(stream)
