@@ -7,7 +7,13 @@ import sys
 import click
 
 from gatewayd import __version__
-from gatewayd.cli import commands_config, commands_instance, commands_models, commands_service
+from gatewayd.cli import (
+    commands_backends,
+    commands_config,
+    commands_instance,
+    commands_models,
+    commands_service,
+)
 from gatewayd.cli.output import print_error
 from gatewayd.errors import GatewaydError
 
@@ -29,7 +35,7 @@ def cli() -> None:
     """Keeps an OpenAI- and Ollama-compatible LLM gateway up."""
 
 
-for module in (commands_instance, commands_config, commands_models, commands_service):
+for module in (commands_instance, commands_config, commands_models, commands_backends, commands_service):
     for command in module.COMMANDS:
         cli.add_command(command)
 

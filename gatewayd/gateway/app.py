@@ -1,6 +1,7 @@
 """The Quart app of one generation: every route except the inference endpoints (see ``inference``).
 
-Listings (/v1/models, /api/tags, /api/ps, /api/version), health (/healthz, /readyz), /metrics and /status.
+Listings (/v1/models, /api/tags, /api/ps, /api/version), health (/healthz, /readyz), /metrics, /status and
+the admin surface for backends (/admin/backends).
 Routes are thin: they read the generation's state and render it; errors come back in the dialect of the
 path (``{"error": ...}`` under /api, OpenAI error objects everywhere else). Every response carries
 ``X-Request-Id`` (the client's own, or a fresh one)."""
@@ -71,6 +72,34 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
                 "models": generation.model_rows(),
             }
         )
+
+    @app.get("/admin/backends")
+    async def admin_backends() -> Response:
+        """Every backend with its server's state, pid, port, uptime and load.
+
+        The /admin routes change what runs on this machine. They are loopback-only by construction:
+        gatewayd refuses to listen on anything but loopback. Once gatewayd has authentication, an admin
+        token guards them."""
+        return jsonify(generation.admin_backend_rows())
+
+    @app.post("/admin/backends/<backend_id>/start")
+    async def admin_start_backend(backend_id: str) -> Response:
+        """Start (or wake) a backend gatewayd runs and answer its row once it is ready: 404 for an unknown
+        id, 409 when gatewayd does not run it ("not_managed") or its group has no free slot
+        ("group_full"), 503 with the start's error. Guarded like ``admin_backends``."""
+        try:
+            return jsonify(await generation.start_backend(backend_id))
+        except RequestError as error:
+            return _error_response(error)
+
+    @app.post("/admin/backends/<backend_id>/stop")
+    async def admin_stop_backend(backend_id: str) -> Response:
+        """Stop a backend's server once its requests are done and answer its row: 404 for an unknown id,
+        409 ("not_managed") when gatewayd does not run it. Guarded like ``admin_backends``."""
+        try:
+            return jsonify(await generation.stop_backend(backend_id))
+        except RequestError as error:
+            return _error_response(error)
 
     @app.get("/v1/models")
     async def openai_models() -> Response:

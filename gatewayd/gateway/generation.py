@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -9,9 +10,11 @@ from urllib.parse import urlsplit, urlunsplit
 from quart import Quart
 
 from gatewayd.config import Config
+from gatewayd.errors import BackendUnavailable, NotFound
 from gatewayd.gateway.app import model_state
-from gatewayd.gateway.backends.manager import UnitState
-from gatewayd.gateway.backends.pool import BackendPool
+from gatewayd.gateway.backends.groups import conflict
+from gatewayd.gateway.backends.manager import ManagedBackend, UnitState
+from gatewayd.gateway.backends.pool import BackendPool, BackendRuntime
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.inference import INFERENCE_ROUTES, InferenceEndpoint
 from gatewayd.gateway.metrics import LabelValues, Metrics
@@ -114,6 +117,93 @@ class GatewayGeneration:
                 }
             )
         return rows
+
+    # -- the admin surface (/admin/backends) ----------------------------------------------------------
+
+    def admin_backend_rows(self) -> list[dict[str, object]]:
+        """One row per backend of this generation, with what gatewayd knows of the servers it runs."""
+        return [self._admin_row(runtime) for runtime in self.pool.runtimes.values()]
+
+    async def start_backend(self, backend_id: str) -> dict[str, object]:
+        """Start (or wake) a managed or wakeable backend and return its row once it is ready; a group member
+        is started through its group's scheduler, into a free slot only. Raises NotFound; HttpError 409
+        ("not_managed" for a backend gatewayd neither runs nor wakes, "group_full", "backend_stopping");
+        BackendUnavailable with the start's error (also during the backoff after a failed start).
+        Cancellation leaves the start itself to finish (it runs in the manager)."""
+        runtime = self._admin_runtime(backend_id)
+        unit = runtime.unit
+        if unit is None:
+            raise conflict(
+                f"backend {backend_id} is not run by gatewayd (it has no command: and no wake:): "
+                "start it yourself",
+                "not_managed",
+            )
+        if unit.group is not None:
+            await unit.group.start_member(unit)
+        elif unit.state is UnitState.STOPPING:
+            raise conflict(
+                f"backend {backend_id} is being stopped: start it once it is sleeping", "backend_stopping"
+            )
+        else:
+            await unit.ensure_running()
+        return self._admin_row(runtime)
+
+    async def stop_backend(self, backend_id: str) -> dict[str, object]:
+        """Stop a managed backend's server and return its row once it is stopped: a start in progress is
+        waited for first, then the requests using it (a group member is stopped through its group's
+        scheduler, which also waits for the requests waiting for it). The next request starts it again.
+        Raises NotFound; HttpError 409 "not_managed" for a backend whose server gatewayd does not run
+        (a wake-only one included). The stop itself is not interrupted by cancellation."""
+        runtime = self._admin_runtime(backend_id)
+        unit = runtime.unit
+        if unit is None or unit.process is None:
+            raise conflict(
+                f"backend {backend_id} is not run by gatewayd (it has no command:): stop it yourself",
+                "not_managed",
+            )
+        reason = f"stopped on request (POST /admin/backends/{backend_id}/stop)"
+        if unit.group is not None:
+            await unit.group.stop_member(unit, reason)
+        else:
+            if unit.state is UnitState.STARTING:
+                with contextlib.suppress(BackendUnavailable):
+                    await unit.ensure_running()
+            await unit.stop(reason)
+        return self._admin_row(runtime)
+
+    def _admin_runtime(self, backend_id: str) -> BackendRuntime:
+        runtime = self.pool.runtimes.get(backend_id)
+        if runtime is None:
+            known = ", ".join(self.pool.runtimes) or "none"
+            raise NotFound(f"no backend {backend_id!r} (backends: {known})")
+        return runtime
+
+    def _admin_row(self, runtime: BackendRuntime) -> dict[str, object]:
+        backend_id = runtime.config.id
+        unit: ManagedBackend | None = runtime.unit
+        group = unit.group if unit is not None else None
+        queued = runtime.admission.queued + (group.queue_depth(backend_id) if group is not None else 0)
+        if unit is not None and unit.process is not None:
+            port = unit.port
+        else:
+            port = urlsplit(runtime.config.url).port
+        uptime = unit.uptime_seconds if unit is not None else None
+        return {
+            "id": backend_id,
+            "kind": runtime.config.kind.value,
+            "state": unit.state.value if unit is not None else runtime.state.value,
+            "managed": runtime.config.managed,
+            "pid": unit.pid if unit is not None else None,
+            "port": port,
+            "models": list(self.pool.inventory.served_by(backend_id)),
+            "uptime_seconds": round(uptime, 1) if uptime is not None else None,
+            "in_flight": runtime.admission.in_flight,
+            "queued": queued,
+            "group": runtime.config.group,
+            "last_error": (unit.last_error if unit is not None else None)
+            or runtime.health.last_error
+            or None,
+        }
 
     # gauges read at scrape time (registered by the factory while the generation lives)
 

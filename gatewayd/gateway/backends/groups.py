@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from gatewayd.config import Config, Group
-from gatewayd.errors import BackendUnavailable
+from gatewayd.errors import BackendUnavailable, HttpError
 from gatewayd.gateway.core.scheduler import GroupScheduler, MemberState, Ticket
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ class GroupDriver:
                 self.scheduler.ready(unit.id, now)  # adopted, or kept across the reload
         self._waiters: dict[int, _Waiter] = {}
         self._poke = anyio.Event()
+        #: set (and replaced) on every event the driver hears; ``stop_member`` waits on it
+        self._changed = anyio.Event()
         self._retired = False
         #: model loads this driver started, for the metrics
         self.swaps = 0
@@ -116,6 +118,79 @@ class GroupDriver:
 
     def poke(self) -> None:
         self._poke.set()
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- the admin surface --------------------------------------------------------------------------
+
+    async def start_member(self, unit: ManagedBackend) -> None:
+        """Start ``unit`` outside any request and return once it is ready, the way a request for it does
+        (a ticket the scheduler grants, released at once), but only into a free slot: it never evicts
+        another member. A member already running (or draining) returns at once; one starting is waited for.
+
+        Raises HttpError 409 with code "group_full" (naming the members that hold the slots) when the group
+        has no free slot for it, or "backend_stopping" while it is being stopped; BackendUnavailable when
+        the start fails or its backoff lasts. Cancellation withdraws the ticket; a start the scheduler
+        already decided goes on in the manager."""
+        state = self.scheduler.state(unit.id)
+        if state in (MemberState.RUNNING, MemberState.DRAINING):
+            return
+        if state is MemberState.STOPPING:
+            raise conflict(
+                f"backend {unit.id} is being stopped: start it once it is sleeping", "backend_stopping"
+            )
+        if state is MemberState.STOPPED:
+            self._check_room(unit)
+        if await self.acquire(unit):
+            self.release(unit)
+            return
+        group = unit.group  # a reload replaced this driver meanwhile
+        if group is None:
+            await unit.ensure_running()
+        else:
+            await group.start_member(unit)
+
+    async def stop_member(self, unit: ManagedBackend, reason: str) -> None:
+        """Stop ``unit`` through the scheduler, so that its slot is freed in step with its process. Waits
+        first for a start in progress, for an eviction already under way, and until nothing is in flight
+        on it or waiting for it (under steady traffic, until a gap). Requests that arrive afterwards start
+        it again, as for any sleeping member. The stop itself runs in the manager: cancelling the caller
+        leaves it to finish."""
+        while not self._retired:
+            state = self.scheduler.state(unit.id)
+            if state is MemberState.STOPPED:
+                return
+            if state is MemberState.RUNNING and self.scheduler.evict_idle(unit.id):
+                done = anyio.Event()
+                self.manager.spawn(self._stop_and_set, unit, reason, done)
+                await done.wait()
+                return
+            await self._changed.wait()
+        group = unit.group  # a reload replaced this driver meanwhile
+        if group is None:
+            await unit.stop(reason)
+        else:
+            await group.stop_member(unit, reason)
+
+    def _check_room(self, unit: ManagedBackend) -> None:
+        """Raise group_full unless a slot is free for ``unit`` once the members already waiting for one
+        (who take free slots first) have theirs."""
+        scheduler = self.scheduler
+        holders = [m for m in scheduler.members if scheduler.state(m) is not MemberState.STOPPED]
+        waiting = [
+            m
+            for m in scheduler.members
+            if m != unit.id and scheduler.state(m) is MemberState.STOPPED and scheduler.queue_depth(m)
+        ]
+        if len(holders) + len(waiting) < scheduler.capacity:
+            return
+        message = (
+            f"group {self.group.name} has no free slot for backend {unit.id} "
+            f"(max_running {scheduler.capacity}): {', '.join(holders) or 'none'} running"
+        )
+        if waiting:
+            message += f", requests waiting for {', '.join(waiting)}"
+        raise conflict(message + f"; stop {' or '.join(holders or waiting)} first", "group_full")
 
     # -- the decision loop --------------------------------------------------------------------------
 
@@ -178,6 +253,12 @@ class GroupDriver:
             self.scheduler.stopped(unit.id, self.manager.clock())
         self.poke()
 
+    async def _stop_and_set(self, unit: ManagedBackend, reason: str, done: anyio.Event) -> None:
+        try:
+            await self._stop(unit, reason)
+        finally:
+            done.set()
+
     # -- metrics ------------------------------------------------------------------------------------
 
     def queue_depth(self, member: str) -> int:
@@ -185,6 +266,13 @@ class GroupDriver:
 
     def oldest_wait(self, member: str) -> float:
         return self.scheduler.oldest_wait(member, self.manager.clock())
+
+
+def conflict(message: str, code: str) -> HttpError:
+    """A 409 refusal of an admin action (rendered in the OpenAI error shape with ``code``)."""
+    error = HttpError(message, status=409)
+    error.code = code
+    return error
 
 
 def _key(group: Group, members: list[ManagedBackend]) -> tuple[object, ...]:
