@@ -22,6 +22,8 @@ import json
 import logging
 import math
 import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -48,6 +50,8 @@ IDLE_CHECK_INTERVAL_SECONDS = 1.0
 READY_POLL_INTERVAL_SECONDS = 0.1
 #: bound on one readiness request
 READY_REQUEST_TIMEOUT_SECONDS = 2.0
+#: how much of a failed wake command's output an error quotes
+WAKE_OUTPUT_CHARS = 300
 LOOPBACK = "127.0.0.1"
 
 #: GET path that answers 200 once a server of this kind can serve (when ready_path is not set)
@@ -221,7 +225,12 @@ class ManagedBackend:
                 log.info("backend %s crashed %d time(s) in a row: starting it in %gs", self.id,
                          self._crashes, delay)  # fmt: skip
                 await anyio.sleep(delay)
-            await self.process.start(self._ready)
+            if self.process.state is ProcessState.STOPPING:
+                await self.process.stop("a request needs it again")  # waits for the stop under way
+            try:
+                await self.process.start(self._ready)
+            except RuntimeError as error:  # a move the process cannot make now: say so, never crash
+                raise BackendUnavailable(f"backend {self.id}: {error}", backend=self.id) from error
             self.last_used = self.manager.clock()
             return
         if await self._ready():
@@ -323,6 +332,15 @@ class ManagedBackend:
             response.close()
         return response.status == 200
 
+    async def _run_wake_command(self, command: tuple[str, ...]) -> None:
+        code, output = await _wake_command_output(command)
+        if code != 0:
+            raise BackendUnavailable(
+                f"backend {self.id}: the wake command exited with code {code}"
+                + (f": {output}" if output else ""),
+                backend=self.id,
+            )
+
     async def _wake(self, backend: Backend) -> None:
         wake = backend.wake
         assert wake is not None
@@ -346,14 +364,7 @@ class ManagedBackend:
                             backend=self.id,
                         )
                 if wake.command is not None:
-                    result = await anyio.run_process(list(wake.command), check=False)
-                    if result.returncode != 0:
-                        output = (result.stderr or result.stdout).decode(errors="replace").strip()[-300:]
-                        raise BackendUnavailable(
-                            f"backend {self.id}: the wake command exited with code {result.returncode}"
-                            + (f": {output}" if output else ""),
-                            backend=self.id,
-                        )
+                    await self._run_wake_command(wake.command)
         except TimeoutError:
             raise BackendUnavailable(
                 f"backend {self.id}: the wake action did not finish within {wake.timeout_seconds:g} s",
@@ -361,6 +372,25 @@ class ManagedBackend:
             ) from None
         except OSError as error:
             raise BackendUnavailable(f"backend {self.id}: cannot run the wake command: {error}") from error
+
+
+async def _wake_command_output(command: tuple[str, ...]) -> tuple[int, str]:
+    """Run ``command`` to its exit; its exit code and the end of its output. The output goes to a file, not
+    a pipe: a command that starts a daemon (which inherits its stdout) must not hold us until EOF."""
+    with tempfile.TemporaryFile() as output:
+        process = await anyio.open_process(
+            list(command), stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True
+        )
+        try:
+            code = await process.wait()
+        finally:
+            if process.returncode is None:
+                with anyio.CancelScope(shield=True):
+                    process.kill()
+                    await process.wait()
+        output.seek(0)
+        text = output.read().decode(errors="replace").strip()
+    return code, text[-WAKE_OUTPUT_CHARS:]
 
 
 _UNIT_STATES: Mapping[ProcessState, UnitState] = {

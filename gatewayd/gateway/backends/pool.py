@@ -59,8 +59,10 @@ class BackendRuntime:
             return BackendState.DOWN
         if state is UnitState.STARTING:
             return BackendState.STARTING
-        if unit.process is None:  # wakes on its own terms: asleep when it does not answer
-            return BackendState.SLEEPING if self.health.state is BackendState.DOWN else self.health.state
+        if unit.process is None:  # wakes on its own terms: asleep while it does not answer
+            if self.health.state is not BackendState.DOWN:
+                return self.health.state
+            return BackendState.UP if unit.running else BackendState.SLEEPING
         if state is UnitState.RUNNING:
             return self.health.state
         return BackendState.SLEEPING

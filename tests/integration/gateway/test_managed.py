@@ -20,9 +20,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from gatewayd.config import Backend, BackendKind, Config, HealthSettings, ManagedSettings
+from gatewayd.config import Backend, BackendKind, Config, HealthSettings, ManagedSettings, Wake
 from tests.support.gateway import RunningGateway, running_gateway
-from tests.support.process import REPO_ROOT
+from tests.support.process import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -235,3 +235,51 @@ def test_a_failed_start_after_keep_alive_events_ends_the_stream_with_an_error_ev
         stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
         with pytest.raises(openai.APIError, match="exited with code 4"):
             list(stream)
+
+
+def test_a_sleeping_remote_server_is_woken_by_its_wake_command(tmp_path: Path) -> None:
+    port = free_port()
+    pid_file = tmp_path / "woken.pid"
+    server = [*FAKE[:4], str(port), *FAKE[5:]]
+    wake_script = (
+        "import subprocess, sys; "
+        f"p = subprocess.Popen({server!r}, cwd={str(REPO_ROOT)!r}, start_new_session=True, "
+        "stdout=subprocess.DEVNULL); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))"
+    )
+    remote = Backend(
+        id="remote",
+        url=f"http://127.0.0.1:{port}",
+        kind=BackendKind.OPENAI,
+        models=(MODEL,),
+        wake=Wake(command=(sys.executable, "-c", wake_script)),
+        start_timeout_seconds=30.0,
+    )
+    try:
+        with gateway(tmp_path, remote) as gw:
+            assert listed_state(gw) == "sleeping"
+            with ThreadPoolExecutor(4) as pool:
+                responses = list(pool.map(lambda _: chat(gw), range(4)))
+            assert [r.status_code for r in responses] == [200] * 4, responses[0].text
+            assert {r.headers["x-gatewayd-backend"] for r in responses} == {"remote"}
+            assert pid_file.exists()  # woken once: a second wake would have rewritten it after a failure
+            assert listed_state(gw) == "running"
+    finally:
+        if pid_file.exists():
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_wake_command_that_fails_is_a_clear_503(tmp_path: Path) -> None:
+    remote = Backend(
+        id="remote",
+        url=f"http://127.0.0.1:{free_port()}",
+        kind=BackendKind.OPENAI,
+        models=(MODEL,),
+        wake=Wake(command=(sys.executable, "-c", "import sys; sys.exit('no route to host')")),
+    )
+    with gateway(tmp_path, remote) as gw:
+        response = chat(gw)
+    assert response.status_code == 503
+    message = response.json()["error"]["message"]
+    assert "the wake command exited with code 1" in message
+    assert "no route to host" in message
