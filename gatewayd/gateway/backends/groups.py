@@ -206,8 +206,12 @@ class GroupDriver:
                     continue
                 waiter.granted = True
                 waiter.event.set()
+                self.manager.metrics.group_wait.observe(
+                    (self.group.name, ticket.member), now - ticket.enqueued_at
+                )
             for member in decision.start:
                 self.swaps += 1
+                self.manager.metrics.swaps.inc((self.group.name,))
                 self.manager.spawn(self._start, self.members[member])
             for member in decision.evict:
                 others = ", ".join(m for m in self.scheduler.members if m != member)
