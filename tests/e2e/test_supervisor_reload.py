@@ -163,7 +163,9 @@ def test_twenty_reload_signals_in_a_second_are_coalesced(tmp_path: Path) -> None
             what="the reloads to settle",
         )
         reloads = len(outcome_history(gw.state_dir, gw.port))
-        assert 1 <= reloads < 20
+        # each reload takes >= 0.2 s (its generation's start delay) and the burst lasts ~1 s: the signals
+        # that arrive meanwhile collapse into one pending reload, so there are at most about 1 / 0.2 + 1
+        assert 1 <= reloads <= 7
         assert all(outcome.outcome == "ok" for outcome in outcome_history(gw.state_dir, gw.port))
         assert gw.get("/healthz").status_code == 200
         rewrite(gw, "later")
