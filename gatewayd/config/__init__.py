@@ -4,6 +4,9 @@ from gatewayd.config.schema import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     AffinitySettings,
+    ApiKey,
+    AuthMode,
+    AuthSettings,
     Backend,
     BackendKind,
     Config,
@@ -21,6 +24,7 @@ from gatewayd.config.schema import (
     ServerSettings,
     ShutdownSettings,
     Timeouts,
+    UsageSettings,
     Wake,
 )
 
@@ -28,6 +32,9 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "AffinitySettings",
+    "ApiKey",
+    "AuthMode",
+    "AuthSettings",
     "Backend",
     "BackendKind",
     "Config",
@@ -45,5 +52,6 @@ __all__ = [
     "ServerSettings",
     "ShutdownSettings",
     "Timeouts",
+    "UsageSettings",
     "Wake",
 ]

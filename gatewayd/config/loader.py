@@ -10,7 +10,7 @@
       5. GATEWAYD_HOST / GATEWAYD_PORT override the file; an unusable value (a port out of range, a host that
          is not loopback) is a warning and is ignored: a stray variable must not stop a service
       6. the command line's --host / --port override both; an unusable value is an error naming the flag
-      7. the listen host must be a loopback address (this version has no authentication); the error names
+      7. the listen host must be a loopback address unless auth.mode is keys; the error names
          where the host came from (the file's line, or the flag)
     Every problem found by steps 2 to 7 is collected; one ConfigError lists them all.
 
@@ -49,7 +49,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
-from gatewayd.config.schema import Backend, Config, RouteTarget
+from gatewayd.config.schema import AuthMode, Backend, Config, RouteTarget
 from gatewayd.errors import ConfigError, ConfigIssue
 
 HOST_ENV = "GATEWAYD_HOST"
@@ -61,7 +61,7 @@ API_KEY_ENV_PREFIX = "env:"
 REDACTED = "***"
 
 _BACKEND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_SECRET_FIELDS = frozenset({"api_key"})
+_SECRET_FIELDS = frozenset({"api_key", "key", "admin_token"})
 #: dataclass fields that are not settings and so cannot be written in the file
 _NOT_IN_FILE: Mapping[type, frozenset[str]] = {Config: frozenset({"source"})}
 #: number settings where 0 means "off" rather than being out of range
@@ -143,7 +143,8 @@ def load(
     issues += [*key_issues, *_semantic_issues(config, at)]
     config, warnings = _apply_environment(config, environ)
     config, flag_issues = _apply_flags(config, listen_host, listen_port)
-    if not flag_issues and not is_loopback_host(config.server.host):
+    public = not is_loopback_host(config.server.host)
+    if not flag_issues and public and config.auth.mode is not AuthMode.KEYS:
         message, hint = _public_host_problem(config.server.host)
         if listen_host is not None:
             flag_issues.append(ConfigIssue("--host", message, hint=hint))
@@ -545,26 +546,37 @@ class _Locations:
 def _resolve_api_keys(
     config: Config, environ: Mapping[str, str], at: _Locations
 ) -> tuple[Config, list[ConfigIssue]]:
-    """``config`` with each ``api_key: "env:NAME"`` replaced by that variable's value. An unset or empty
-    variable is an issue that names the variable; no message ever contains a key."""
+    """``config`` with each secret written "env:NAME" (a backend's ``api_key``, a declared key's ``key``,
+    ``auth.admin_token``) replaced by that variable's value. An unset or empty variable is an issue that
+    names the variable; no message ever contains a secret."""
     issues: list[ConfigIssue] = []
-    backends: list[Backend] = []
-    for i, backend in enumerate(config.backends):
-        key = f"backends[{i}].api_key"
-        if backend.api_key is not None and backend.api_key.startswith(API_KEY_ENV_PREFIX):
-            name = backend.api_key.removeprefix(API_KEY_ENV_PREFIX)
-            value = environ.get(name)
-            if not name:
-                issues.append(at.issue(key, "'env:' names no variable", "write env:NAME"))
-            elif value is None:
-                hint = f"set {name} in gatewayd's environment (for a service: in its unit or plist)"
-                issues.append(at.issue(key, f"environment variable {name} is not set", hint))
-            elif not value:
-                issues.append(at.issue(key, f"environment variable {name} is empty"))
-            else:
-                backend = dataclasses.replace(backend, api_key=value)
-        backends.append(backend)
-    return dataclasses.replace(config, backends=tuple(backends)), issues
+
+    def resolve(value: str | None, key: str) -> str | None:
+        if value is None or not value.startswith(API_KEY_ENV_PREFIX):
+            return value
+        name = value.removeprefix(API_KEY_ENV_PREFIX)
+        found = environ.get(name)
+        if not name:
+            issues.append(at.issue(key, "'env:' names no variable", "write env:NAME"))
+        elif found is None:
+            hint = f"set {name} in gatewayd's environment (for a service: in its unit or plist)"
+            issues.append(at.issue(key, f"environment variable {name} is not set", hint))
+        elif not found:
+            issues.append(at.issue(key, f"environment variable {name} is empty"))
+        else:
+            return found
+        return value
+
+    backends = tuple(
+        dataclasses.replace(b, api_key=resolve(b.api_key, f"backends[{i}].api_key"))
+        for i, b in enumerate(config.backends)
+    )
+    keys = tuple(
+        dataclasses.replace(k, key=resolve(k.key, f"keys[{i}].key") or k.key)
+        for i, k in enumerate(config.keys)
+    )
+    auth = dataclasses.replace(config.auth, admin_token=resolve(config.auth.admin_token, "auth.admin_token"))
+    return dataclasses.replace(config, backends=backends, keys=keys, auth=auth), issues
 
 
 def _semantic_issues(config: Config, at: _Locations) -> list[ConfigIssue]:
@@ -777,7 +789,7 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> tuple[Conf
     warnings: list[ConfigIssue] = []
     server = config.server
     host = _env_host(environ)
-    if host is not None and is_loopback_host(host):
+    if host is not None and (is_loopback_host(host) or config.auth.mode is AuthMode.KEYS):
         server = dataclasses.replace(server, host=host)
     elif host is not None:
         message, hint = _public_host_problem(host)
@@ -800,11 +812,10 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> tuple[Conf
 
 
 def _public_host_problem(host: str) -> tuple[str, str]:
-    """(message, hint) for a listen host that is not loopback."""
+    """(message, hint) for a listen host that is not loopback while auth is off."""
     return (
-        f"host '{host}': listening on a public address requires authentication, "
-        "which this version does not provide",
-        "keep host 127.0.0.1 and put an authenticating reverse proxy in front",
+        f"host '{host}': listening on a public address requires authentication, and auth.mode is off",
+        "set auth.mode: keys (and create keys with 'gatewayd keys create'), or keep host 127.0.0.1",
     )
 
 

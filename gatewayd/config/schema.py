@@ -28,6 +28,11 @@ class RestartMode(enum.StrEnum):
     RESPAWN = "respawn"  # start a child with a fresh PID that inherits the socket and the lock
 
 
+class AuthMode(enum.StrEnum):
+    OFF = "off"  # no keys asked for: allowed only on a loopback address
+    KEYS = "keys"  # every request but /healthz needs a valid key (Authorization: Bearer ...)
+
+
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -291,6 +296,48 @@ class AffinitySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Who may call. With ``mode: keys`` gatewayd may listen on a public address."""
+
+    mode: AuthMode = AuthMode.OFF
+    #: guards the admin API (/admin/*, key management, the status page's actions); literal or "env:NAME".
+    #: With auth off and no token, the admin API is open to loopback clients only.
+    admin_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key declared in the config file; imported into the key store at start (only its hash is kept)."""
+
+    name: str
+    #: the key itself, literal or "env:NAME" (never logged)
+    key: str = field(repr=False)
+    #: models it may use; None = all
+    models: tuple[str, ...] | None = None
+    #: requests per minute, tokens per minute, requests at once, tokens in all; None = no limit
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    budget_tokens: int | None = None
+    #: ISO date or date-time (UTC) after which it is refused
+    expires: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSettings:
+    """The usage record: every request, written in batches off the request path (SQLite, state dir)."""
+
+    #: records older than this are deleted
+    retention_days: float = 90.0
+    #: buffered records are written this often, or as soon as this many wait
+    flush_interval_seconds: float = 1.0
+    batch_size: int = 500
+    #: records kept in memory while the store is locked or unavailable; beyond it the oldest are dropped
+    #: (and counted in a metric)
+    max_buffer: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole config. ``source`` is the file it came from (None for the built-in default)."""
 
@@ -304,6 +351,9 @@ class Config:
     logging: LoggingSettings = LoggingSettings()
     managed: ManagedSettings = ManagedSettings()
     affinity: AffinitySettings = AffinitySettings()
+    auth: AuthSettings = AuthSettings()
+    usage: UsageSettings = UsageSettings()
+    keys: tuple[ApiKey, ...] = ()
     backends: tuple[Backend, ...] = ()
     groups: tuple[Group, ...] = ()
     routes: tuple[Route, ...] = ()

@@ -80,11 +80,12 @@ def open_listener(
     return Listener(bind_listener(host, port, backlog=backlog), ListenerOrigin.BOUND)
 
 
-def activated_listener(environ: MutableMapping[str, str]) -> Listener | None:
+def activated_listener(environ: MutableMapping[str, str], *, allow_public: bool = False) -> Listener | None:
     """The socket systemd passed us, or None when not socket-activated. Extra fds are closed.
 
     Raises StartupError when the fd is not a listening TCP socket, or listens on an address that is not
-    loopback (this version has no authentication, so it must not be reachable from other machines)."""
+    loopback unless ``allow_public`` (auth.mode: keys): without keys it must not be reachable from other
+    machines."""
     activated = take_systemd_fds(environ, os.getpid())
     if not activated:
         return None
@@ -93,13 +94,13 @@ def activated_listener(environ: MutableMapping[str, str]) -> Listener | None:
         log.warning("ignoring extra socket-activated fd %d: gatewayd listens on one socket", fd)
         os.close(fd)
     listener = Listener(_adopt(first, "passed by systemd socket activation"), ListenerOrigin.SYSTEMD)
-    if not is_loopback_host(listener.host):
+    if not allow_public and not is_loopback_host(listener.host):
         address, port = listener.address, listener.port
         listener.close()
         raise StartupError(
             f"the socket passed by systemd listens on {address}, which is not a loopback address; "
-            "listening on a public address requires authentication, which this version does not provide: "
-            f"set ListenStream=127.0.0.1:{port} in the .socket unit"
+            "listening on a public address requires authentication, and auth.mode is off: "
+            f"set auth.mode: keys, or ListenStream=127.0.0.1:{port} in the .socket unit"
         )
     return listener
 

@@ -37,7 +37,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from gatewayd.config import Config
+from gatewayd.config import AuthMode, Config
 from gatewayd.config.loader import redacted
 from gatewayd.config.paths import STATE_DIR_ENV
 from gatewayd.errors import EXIT_FAILURE, ReloadError, StartupError
@@ -129,7 +129,7 @@ def _run(factory: GenerationFactory, options: RunOptions) -> int:
             cleanup.callback(listener.close)
         else:
             # a socket-activated instance is locked by the port systemd's socket has, not the config's
-            activated = activated_listener(options.environ)
+            activated = activated_listener(options.environ, allow_public=config.auth.mode is AuthMode.KEYS)
             if activated is not None:
                 cleanup.callback(activated.close)
             lock = PortLock(options.state_dir, activated.port if activated else config.server.port)

@@ -383,9 +383,8 @@ SEMANTIC_ERRORS = {
         "server:\n  host: 0.0.0.0\n",
         2,
         "server.host",
-        "host '0.0.0.0': listening on a public address requires authentication, "
-        "which this version does not provide",
-        "keep host 127.0.0.1 and put an authenticating reverse proxy in front",
+        "host '0.0.0.0': listening on a public address requires authentication, and auth.mode is off",
+        "set auth.mode: keys (and create keys with 'gatewayd keys create'), or keep host 127.0.0.1",
     ),
 }
 
@@ -594,6 +593,23 @@ def test_listen_overrides_from_the_command_line_win_over_file_and_environment(tm
 def test_a_loopback_host_flag_replaces_a_public_host_in_the_file(tmp_path: Path) -> None:
     loaded = load_text(tmp_path, "server:\n  host: 0.0.0.0\n", {}, "127.0.0.1")
     assert loaded.config.server.host == "127.0.0.1"
+
+
+def test_with_keys_required_a_public_host_is_allowed(tmp_path: Path) -> None:
+    loaded = load_text(tmp_path, "auth:\n  mode: keys\nserver:\n  host: 0.0.0.0\n", {HOST_ENV: "::"})
+    assert loaded.config.server.host == "::"
+    assert loaded.warnings == ()
+
+
+def test_declared_keys_and_the_admin_token_may_come_from_the_environment(tmp_path: Path) -> None:
+    text = "auth:\n  admin_token: env:ADMIN\nkeys:\n  - name: ci\n    key: env:CI_KEY\n    rpm: 5\n"
+    config = load_text(tmp_path, text, {"ADMIN": "adm-1", "CI_KEY": "gwd-2"}).config
+    assert config.auth.admin_token == "adm-1"
+    assert [(k.name, k.key, k.rpm) for k in config.keys] == [("ci", "gwd-2", 5)]
+    issues = issues_of(tmp_path, text, {"ADMIN": "adm-1"})
+    assert [(issue.key, issue.message) for issue in issues] == [
+        ("keys[0].key", "environment variable CI_KEY is not set")
+    ]
 
 
 def test_a_public_host_in_the_file_is_an_error_at_its_line(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def test_the_template_loads_to_the_defaults(tmp_path: Path) -> None:
 def test_the_template_shows_every_setting() -> None:
     written = yaml.safe_load(template_text())
     config = Config()
-    lists = ("backends", "groups", "routes")
+    lists = ("backends", "groups", "keys", "routes")
     sections = [f.name for f in dataclasses.fields(config) if f.name not in (*lists, "source")]
     assert set(written) == {*sections, *lists}
     for section in sections:
@@ -41,7 +41,7 @@ def uncommented_examples(template: str) -> str:
     lines: list[str] = []
     in_example = False
     for line in template.splitlines():
-        if line in ("backends: []", "groups: []", "routes: []"):
+        if line in ("backends: []", "groups: []", "keys: []", "routes: []"):
             continue
         if re.fullmatch(r"#\w+:", line):
             in_example = True
@@ -54,10 +54,11 @@ def uncommented_examples(template: str) -> str:
 def test_the_commented_examples_load_when_uncommented(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(uncommented_examples(template_text()))
-    config = load(path, environ={"OPENAI_API_KEY": "sk-test"}).config
+    config = load(path, environ={"OPENAI_API_KEY": "sk-test", "GATEWAYD_CI_KEY": "gwd-test"}).config
     assert {backend.kind for backend in config.backends} == set(BackendKind)
     assert any(len(route.targets) > 1 for route in config.routes)
     assert any(backend.api_key == "sk-test" for backend in config.backends)
     assert any(backend.group == "gpu" for backend in config.backends)
     assert any(backend.always_on for backend in config.backends)
     assert any(backend.wake is not None for backend in config.backends)
+    assert [key.key for key in config.keys] == ["gwd-test"]
