@@ -14,6 +14,10 @@
         ├── NotFound                   404: no such endpoint
         ├── HttpError                  another HTTP-level refusal by the web framework (405, 400...)
         ├── Overloaded                 429 (OpenAI) / 503 (Ollama): queue full or queue wait timed out
+        ├── KeyLimitError              the caller's key does not allow this request; carries response headers
+        │   ├── ModelNotAllowed        403: the model is not on the key's allow-list
+        │   ├── BudgetExceeded         402: the key has used its token budget
+        │   └── RateLimited            429: over the key's requests/tokens per minute or requests at once
         ├── Draining                   503: this generation no longer takes new work
         └── BackendError               the upstream failed
             ├── BackendUnavailable     503: cannot connect, backend down or in cooldown
@@ -28,6 +32,7 @@ endpoint's dialect (OpenAI error object on /v1, ``{"error": ...}`` on /api). CLI
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 EXIT_FAILURE = 1
@@ -161,6 +166,57 @@ class Overloaded(RequestError):
     type = "rate_limit_error"
     code = "gateway_overloaded"
     ollama_status = 503
+
+
+class KeyLimitError(RequestError):
+    """The caller's key does not allow this request. ``headers`` (``x-ratelimit-*``, lower-case names) go on
+    the error response as they are; ``retry_after`` is rendered as Retry-After."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.headers: Mapping[str, str] = dict(headers or {})
+
+
+class ModelNotAllowed(KeyLimitError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+class BudgetExceeded(KeyLimitError):
+    """The key's token budget is spent (no Retry-After: it does not come back by waiting). OpenAI's quota
+    error type; 402 in both dialects."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class RateLimited(KeyLimitError):
+    """Over one of the key's rate limits. ``limit`` names it: "requests" (per minute), "tokens" (per
+    minute) or "concurrency" (requests at once); the OpenAI ``type`` is "tokens" or "requests", as OpenAI's
+    own rate-limit errors have it. 429 in both dialects."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, headers=headers)
+        self.limit = limit
+        self.type = "tokens" if limit == "tokens" else "requests"
 
 
 class Draining(RequestError):
