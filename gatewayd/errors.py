@@ -7,6 +7,8 @@
     │   ├── NotRunning                 no instance found in the state directory
     │   └── StartupError               the first generation could not start
     ├── ReloadError                    a reload or respawn failed (the old generation keeps serving)
+    ├── StoreError                     the key/usage store cannot be used (cannot open, locked, corrupt)
+    │   └── KeyNotFound                no key matches the id, prefix or name given
     └── RequestError                   a request failed; carries the HTTP status and the error's type/code
         ├── BadRequest                 400: malformed JSON, missing model, wrong field types
         ├── PayloadTooLarge            413: body over ``server.max_body_bytes``
@@ -109,6 +111,22 @@ class StartupError(InstanceError):
 
 class ReloadError(GatewaydError):
     """A reload or respawn failed; the generation that was serving keeps serving."""
+
+
+class StoreError(GatewaydError):
+    """The key/usage store (SQLite in the state directory) cannot be used: it cannot be opened, is locked
+    by another process past the busy timeout, is corrupt, or was written by a newer gatewayd. Also raised for
+    a key reference that matches more than one key."""
+
+
+class KeyNotFound(StoreError):
+    """No key matches the id, prefix or name given."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"no key matches '{ref}' (list the keys with 'gatewayd keys list')")
+        self.ref = ref
 
 
 class RequestError(GatewaydError):
