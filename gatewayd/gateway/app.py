@@ -1,13 +1,16 @@
 """The Quart app of one generation: every route except the inference endpoints (see ``inference``).
 
-Listings (/v1/models, /api/tags, /api/ps, /api/version), health (/healthz, /readyz), /metrics, /status and
-the admin surface for backends (/admin/backends).
+Listings (/v1/models, /api/tags, /api/ps, /api/version), health (/healthz, /readyz), /metrics, /status,
+/status/activity, the status page (/ and /ui, see ``gatewayd.gateway.ui``) and the admin surface
+(/admin/backends, /admin/reload).
 Routes are thin: they read the generation's state and render it; errors come back in the dialect of the
 path (``{"error": ...}`` under /api, OpenAI error objects everywhere else). Every response carries
 ``X-Request-Id`` (the client's own, or a fresh one)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,6 +24,7 @@ from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.inference import dialect_of_path
+from gatewayd.gateway.ui import status_page
 
 if TYPE_CHECKING:
     from gatewayd.gateway.generation import GatewayGeneration
@@ -73,6 +77,26 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
             }
         )
 
+    @app.get("/status/activity")
+    async def status_activity() -> Response:
+        """Requests per second and latency p50/p95 per second for the last minutes, and the last requests
+        (time, API, model, backend, status, timings: never a key, header or body). Process-wide: a reload
+        keeps it."""
+        return jsonify(generation.activity.snapshot())
+
+    @app.get("/")
+    @app.get("/ui")
+    async def ui() -> Response:
+        """The live status page: one HTML document that loads nothing from elsewhere (see
+        ``gatewayd.gateway.ui``); it polls /status, /admin/backends and /status/activity."""
+        page = status_page()
+        response = Response(page.html, content_type="text/html; charset=utf-8")
+        response.headers["Content-Security-Policy"] = page.content_security_policy
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
     @app.get("/admin/backends")
     async def admin_backends() -> Response:
         """Every backend with its server's state, pid, port, uptime and load.
@@ -101,6 +125,20 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
         except RequestError as error:
             return _error_response(error)
 
+    @app.post("/admin/reload")
+    async def admin_reload() -> tuple[Response, int] | Response:
+        """Ask for a reload of the config, as ``gatewayd reload`` does, and answer 202 at once: the outcome
+        shows in /status later (``instance.last_reload``, a new ``generation``). The gateway does not know
+        the run loop, so it asks the way an operator does: SIGHUP to its own process, which the run loop
+        takes as a reload (coalesced with any other reload request). 503 when nothing in this process
+        handles SIGHUP (a gateway embedded without the run loop), where the signal would end the process.
+        Guarded like ``admin_backends``."""
+        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            unavailable = "reload is not available: this process does not run gatewayd's run loop"
+            return _error_response(HttpError(unavailable, status=503))
+        os.kill(os.getpid(), signal.SIGHUP)
+        return jsonify({"reload": "requested", "generation": generation.number}), 202
+
     @app.get("/v1/models")
     async def openai_models() -> Response:
         data = [
@@ -128,10 +166,6 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
     @app.get("/api/version")
     async def ollama_version() -> Response:
         return jsonify({"version": OLLAMA_COMPATIBLE_VERSION, "gatewayd": __version__})
-
-    @app.route("/")
-    async def root() -> Response:
-        return Response("gatewayd is running\n", content_type="text/plain")
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

@@ -11,6 +11,7 @@ from quart import Quart
 
 from gatewayd.config import Config
 from gatewayd.errors import BackendUnavailable, NotFound
+from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.app import model_state
 from gatewayd.gateway.backends.groups import conflict
 from gatewayd.gateway.backends.manager import ManagedBackend, UnitState
@@ -41,10 +42,13 @@ class GatewayGeneration:
         pool: BackendPool,
         streams: StreamRegistry,
         inference: InferenceEndpoint,
+        activity: Activity,
     ) -> None:
         self.config = config
         self.number = number
         self.metrics = metrics
+        #: the process's recent requests (the factory's, shared by every generation)
+        self.activity = activity
         self.pool = pool
         self.streams = streams
         self.draining = False

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from gatewayd.errors import BadRequest, PayloadTooLarge, RequestError
+from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.core.dialects import Api, Dialect, error_body, error_status, wants_stream
 from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.metrics import Metrics
@@ -135,10 +136,17 @@ class InferenceEndpoint:
     """Serves the inference routes of one generation."""
 
     def __init__(
-        self, relay: Relay, metrics: Metrics, *, max_body_bytes: int, access_log_enabled: bool
+        self,
+        relay: Relay,
+        metrics: Metrics,
+        *,
+        max_body_bytes: int,
+        access_log_enabled: bool,
+        activity: Activity,
     ) -> None:
         self._relay = relay
         self._metrics = metrics
+        self._activity = activity
         self._limit = max_body_bytes
         self._log = access_log_enabled
 
@@ -205,6 +213,7 @@ class InferenceEndpoint:
             ttft = exchange.first_byte_at - exchange.received_at
             metrics.ttft.observe((model,), ttft)
             metrics.overhead.observe((), max(ttft - exchange.upstream_time, 0.0))
+        self._activity.record(exchange.api, model, backend, exchange.status, exchange.stream, latency, ttft)
         usage = exchange.usage
         if usage.prompt_tokens:
             metrics.tokens.inc((model, "prompt"), usage.prompt_tokens)

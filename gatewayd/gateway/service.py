@@ -13,6 +13,7 @@ import anyio
 
 from gatewayd.config import AffinitySettings, Config
 from gatewayd.config.loader import load
+from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.app import create_app
 from gatewayd.gateway.backends.manager import BackendManager
 from gatewayd.gateway.backends.pool import BackendPool
@@ -43,6 +44,8 @@ class GatewayFactory:
         self._listen_port = listen_port
         self._environ = environ
         self.metrics = Metrics()
+        #: recent requests and per-second counts for the status page: process-wide, kept across reloads
+        self.activity = Activity()
         #: managed and wakeable backends: process-wide, kept across generations
         self.manager = BackendManager(state_dir, self.metrics)
         self._affinity: AffinityTable | None = None
@@ -90,9 +93,16 @@ class GatewayFactory:
                 metrics,
                 max_body_bytes=config.server.max_body_bytes,
                 access_log_enabled=config.logging.access_log,
+                activity=self.activity,
             )
             generation = GatewayGeneration(
-                config, number=number, metrics=metrics, pool=pool, streams=streams, inference=inference
+                config,
+                number=number,
+                metrics=metrics,
+                pool=pool,
+                streams=streams,
+                inference=inference,
+                activity=self.activity,
             )
             app = create_app(generation, instance.snapshot)
             generation.app = app
