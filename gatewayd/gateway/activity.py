@@ -16,7 +16,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: seconds of per-second history kept
 DEFAULT_WINDOW_SECONDS = 300
@@ -30,9 +30,8 @@ LATENCY_BOUNDS_SECONDS: tuple[float, ...] = tuple(0.001 * 2 ** (i / 4) for i in 
 ERROR_STATUS_MIN = 500
 
 
-@dataclass(frozen=True, slots=True)
-class RecentRequest:
-    """One finished request as the status page lists it."""
+class RecentRequest(NamedTuple):
+    """One finished request as the status page lists it (a tuple: built on the request path)."""
 
     at: float  #: wall-clock seconds when it finished
     api: str  #: the endpoint as the access log names it, e.g. openai.chat
@@ -72,12 +71,16 @@ class _Second:
 
     def add(self, latency_seconds: float, error: bool) -> None:
         self.requests += 1
-        self.errors += error
-        self.low = min(self.low, latency_seconds)
-        self.high = max(self.high, latency_seconds)
-        if self.counts is None:
-            self.counts = [0] * (len(LATENCY_BOUNDS_SECONDS) + 1)
-        self.counts[bisect.bisect_left(LATENCY_BOUNDS_SECONDS, latency_seconds)] += 1
+        if error:
+            self.errors += 1
+        if latency_seconds < self.low:
+            self.low = latency_seconds
+        if latency_seconds > self.high:
+            self.high = latency_seconds
+        counts = self.counts
+        if counts is None:
+            counts = self.counts = [0] * (len(LATENCY_BOUNDS_SECONDS) + 1)
+        counts[bisect.bisect_left(LATENCY_BOUNDS_SECONDS, latency_seconds)] += 1
 
     def quantile(self, q: float) -> float | None:
         """Seconds; the geometric middle of the bucket holding the q-quantile, kept within the second's
@@ -129,10 +132,10 @@ class Activity:
         if slot is None or slot.second != second:
             slot = self._seconds[index] = _Second(second)
         slot.add(latency_seconds, status >= ERROR_STATUS_MIN)
+        if len(model) > MAX_MODEL_CHARS:
+            model = model[:MAX_MODEL_CHARS]
         self._recent.append(
-            RecentRequest(
-                now, api, model[:MAX_MODEL_CHARS], backend, status, stream, latency_seconds, ttft_seconds
-            )
+            RecentRequest(now, api, model, backend, status, stream, latency_seconds, ttft_seconds)
         )
 
     def snapshot(self) -> dict[str, object]:
