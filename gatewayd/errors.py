@@ -16,6 +16,8 @@
         ├── NotFound                   404: no such endpoint
         ├── HttpError                  another HTTP-level refusal by the web framework (405, 400...)
         ├── Overloaded                 429 (OpenAI) / 503 (Ollama): queue full or queue wait timed out
+        ├── Unauthorized               401: keys are required and none (or no valid one) was sent
+        ├── AdminRequired              403: an admin endpoint without the admin token
         ├── KeyLimitError              the caller's key does not allow this request; carries response headers
         │   ├── ModelNotAllowed        403: the model is not on the key's allow-list
         │   ├── BudgetExceeded         402: the key has used its token budget
@@ -184,6 +186,20 @@ class Overloaded(RequestError):
     type = "rate_limit_error"
     code = "gateway_overloaded"
     ollama_status = 503
+
+
+class Unauthorized(RequestError):
+    """401. The message never says whether a key exists, nor echoes it."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class AdminRequired(RequestError):
+    status = 403
+    type = "invalid_request_error"
+    code = "admin_token_required"
 
 
 class KeyLimitError(RequestError):

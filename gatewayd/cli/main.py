@@ -11,6 +11,7 @@ from gatewayd.cli import (
     commands_backends,
     commands_config,
     commands_instance,
+    commands_keys,
     commands_models,
     commands_service,
 )
@@ -35,7 +36,14 @@ def cli() -> None:
     """Keeps an OpenAI- and Ollama-compatible LLM gateway up."""
 
 
-for module in (commands_instance, commands_config, commands_models, commands_backends, commands_service):
+for module in (
+    commands_instance,
+    commands_config,
+    commands_models,
+    commands_backends,
+    commands_keys,
+    commands_service,
+):
     for command in module.COMMANDS:
         cli.add_command(command)
 

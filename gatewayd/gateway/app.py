@@ -14,17 +14,20 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gatewayd import __version__
-from gatewayd.errors import HttpError, NotFound, RequestError
+from gatewayd.errors import AdminRequired, HttpError, NotFound, RequestError
 from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.core.requestid import request_id
+from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import dialect_of_path
 from gatewayd.gateway.ui import status_page
+from gatewayd.store.keys import KeyRecord
 
 if TYPE_CHECKING:
     from gatewayd.gateway.generation import GatewayGeneration
@@ -34,7 +37,14 @@ OLLAMA_COMPATIBLE_VERSION = "0.9.0"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Mapping[str, object]]) -> Quart:
+#: answered to anyone: liveness and readiness probes, the status page's shell (its data needs a key), and
+#: Ollama's version handshake
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/ui", "/api/version"})
+
+
+def create_app(
+    generation: GatewayGeneration, instance_snapshot: Callable[[], Mapping[str, object]], guard: Guard
+) -> Quart:
     app = Quart("gatewayd")
     app.config.update(
         MAX_CONTENT_LENGTH=generation.config.server.max_body_bytes,
@@ -44,6 +54,25 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
         PROVIDE_AUTOMATIC_OPTIONS=True,
     )
     started = int(time.time())
+
+    @app.before_request
+    async def check_access() -> Response | None:
+        """/admin/* needs the admin token (and, whatever the auth mode, a same-origin request: a web page
+        elsewhere must not drive a local gatewayd). With keys required, everything else but PUBLIC_PATHS
+        needs a valid key or the admin token."""
+        path = request.path
+        if path in PUBLIC_PATHS:
+            return None
+        headers = _scope_headers()
+        try:
+            if path.startswith("/admin/"):
+                _same_origin_only()
+                guard.require_admin(headers)
+            elif not guard.is_admin(headers):
+                guard.authenticate(headers)
+        except RequestError as error:
+            return _error_response(error)
+        return None
 
     @app.after_request
     async def add_request_id(response: Response) -> Response:
@@ -101,9 +130,9 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
     async def admin_backends() -> Response:
         """Every backend with its server's state, pid, port, uptime and load.
 
-        The /admin routes change what runs on this machine. They are loopback-only by construction:
-        gatewayd refuses to listen on anything but loopback. Once gatewayd has authentication, an admin
-        token guards them."""
+        The /admin routes change what runs on this machine: they need the admin token (auth.admin_token);
+        with no token set they are open only while auth is off (gatewayd then listens on loopback only),
+        and only to same-origin requests (see ``check_access``)."""
         return jsonify(generation.admin_backend_rows())
 
     @app.post("/admin/backends/<backend_id>/start")
@@ -124,6 +153,36 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
             return jsonify(await generation.stop_backend(backend_id))
         except RequestError as error:
             return _error_response(error)
+
+    @app.get("/admin/keys")
+    async def admin_keys() -> Response:
+        """Every key (never the key itself: its first characters identify it)."""
+        return jsonify([key_row(record) for record in await guard.list_keys()])
+
+    @app.post("/admin/keys")
+    async def admin_create_key() -> tuple[Response, int] | Response:
+        """Create a key from a JSON body (name, and optionally models, rpm, tpm, max_concurrency,
+        budget_tokens, expires); the answer holds the key, this once."""
+        body = await request.get_json(silent=True)
+        try:
+            record, secret = await guard.create_key(body)
+        except RequestError as error:
+            return _error_response(error)
+        return jsonify({**key_row(record), "key": secret}), 201
+
+    @app.delete("/admin/keys/<ref>")
+    async def admin_revoke_key(ref: str) -> Response:
+        """Revoke a key (by id, prefix or name): refused from this moment on."""
+        try:
+            return jsonify(key_row(await guard.revoke_key(ref)))
+        except RequestError as error:
+            return _error_response(error)
+
+    @app.post("/admin/keys/refresh")
+    async def admin_refresh_keys() -> Response:
+        """Re-read the keys now (``gatewayd keys create|revoke`` call it after changing the store)."""
+        await guard.refresh_keys()
+        return jsonify({"refreshed": True})
 
     @app.post("/admin/reload")
     async def admin_reload() -> tuple[Response, int] | Response:
@@ -175,6 +234,40 @@ def create_app(generation: GatewayGeneration, instance_snapshot: Callable[[], Ma
         return _error_response(HttpError(error.description or error.name, status=code))
 
     return app
+
+
+def _scope_headers() -> list[tuple[bytes, bytes]]:
+    return [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in request.headers.items()
+    ]
+
+
+def _same_origin_only() -> None:
+    """Refuse a request a browser sent on behalf of another site (CSRF): Sec-Fetch-Site cross-site or
+    same-site, or an Origin whose host is not this one. Non-browser clients send neither header."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        raise AdminRequired("admin requests must come from gatewayd's own page or a non-browser client")
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("Host", ""):
+        raise AdminRequired("admin requests must come from gatewayd's own page or a non-browser client")
+
+
+def key_row(record: KeyRecord) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "models": list(record.models) if record.models is not None else None,
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "max_concurrency": record.max_concurrency,
+        "budget_tokens": record.budget_tokens,
+        "expires_at": record.expires_at,
+        "revoked_at": record.revoked_at,
+        "created_at": record.created_at,
+        "source": record.source,
+        "active": record.active,
+    }
 
 
 def _error_response(error: RequestError) -> Response:

@@ -14,12 +14,15 @@ from typing import Any
 
 import anyio
 
-from gatewayd.errors import BadRequest, PayloadTooLarge, RequestError
+from gatewayd.errors import BadRequest, KeyLimitError, PayloadTooLarge, RequestError
 from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.core.dialects import Api, Dialect, error_body, error_status, wants_stream
+from gatewayd.gateway.core.limits import Grant
 from gatewayd.gateway.core.requestid import request_id
+from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.relay import Exchange, Relay
+from gatewayd.store.keys import KeyRecord
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -143,7 +146,9 @@ class InferenceEndpoint:
         max_body_bytes: int,
         access_log_enabled: bool,
         activity: Activity,
+        guard: Guard,
     ) -> None:
+        self._guard = guard
         self._relay = relay
         self._metrics = metrics
         self._activity = activity
@@ -164,10 +169,16 @@ class InferenceEndpoint:
             headers=scope["headers"],
         )
         error: RequestError | None = None
+        key: KeyRecord | None = None
+        grant: Grant | None = None
         try:
+            key = self._guard.authenticate(scope["headers"])  # before the body is read
             exchange.raw = await read_body(scope, receive, self._limit)
             exchange.body, exchange.model = parse_request(api, exchange.raw)
             exchange.stream = wants_stream(api, exchange.body)
+            grant = await self._guard.admit(key, exchange.model, len(exchange.raw))
+            if grant is not None:
+                exchange.rate_headers = grant.headers
             with anyio.CancelScope() as cancel_scope:
                 async with DisconnectWatch(receive, cancel_scope):
                     try:
@@ -182,9 +193,23 @@ class InferenceEndpoint:
             exchange.error = "client disconnected"
         except RequestError as caught:
             error = caught
-        if error is not None:
-            await self._send_error(exchange, error, send)
-        self._record(exchange)
+        try:
+            if error is not None:
+                await self._send_error(exchange, error, send)
+        finally:
+            latency, ttft = self._record(exchange)
+            self._guard.finish(
+                key,
+                grant,
+                model=exchange.model or "-",
+                backend=exchange.backend,
+                prompt_tokens=exchange.usage.prompt_tokens or 0,
+                completion_tokens=exchange.usage.completion_tokens or 0,
+                latency_seconds=latency,
+                ttft_seconds=ttft,
+                status=exchange.status,
+                attempts=exchange.attempts,
+            )
 
     async def _send_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
         dialect = exchange.api.dialect
@@ -196,10 +221,13 @@ class InferenceEndpoint:
         headers.append((b"content-length", str(len(body)).encode()))
         if error.retry_after is not None:
             headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+        if isinstance(error, KeyLimitError):
+            headers.extend((name.encode(), value.encode()) for name, value in error.headers.items())
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    def _record(self, exchange: Exchange) -> None:
+    def _record(self, exchange: Exchange) -> tuple[float, float | None]:
+        """Metrics, the activity ring and the access log for a finished exchange; (latency, ttft)."""
         now = time.perf_counter()
         metrics = self._metrics
         # an unknown model name is not a label value: clients could otherwise mint series without bound
@@ -246,6 +274,7 @@ class InferenceEndpoint:
                 f" error={exchange.error!r}" if exchange.error else "",
                 extra={"fields": fields},
             )
+        return latency, ttft
 
 
 def dialect_of_path(path: str) -> Dialect:

@@ -177,10 +177,41 @@ class Metrics:
             "Requests waiting for an exclusive group, by group and backend (model).",
             ("group", "backend"),
         )
+        self.key_requests = Counter(
+            "gatewayd_key_requests_total",
+            "Requests by API key (its name) and HTTP status.",
+            ("key", "status"),
+        )
+        self.key_tokens = Counter(
+            "gatewayd_key_tokens_total", "Tokens (prompt and completion) used, by API key name.", ("key",)
+        )
+        self.limit_rejections = Counter(
+            "gatewayd_limit_rejections_total",
+            "Requests refused by a key's limits, by key name and limit "
+            "(rate_limit_exceeded, budget_exceeded, model_not_allowed).",
+            ("key", "limit"),
+        )
+        self.auth_failures = Counter(
+            "gatewayd_auth_failures_total", "Requests refused for a missing, unknown or revoked key.", ()
+        )
+        self.store_backlog = Gauge(
+            "gatewayd_usage_backlog", "Usage records waiting to be written to the store.", ()
+        )
+        self.store_written = Gauge(
+            "gatewayd_usage_written", "Usage records written to the store by this process.", ()
+        )
+        self.store_dropped = Gauge(
+            "gatewayd_usage_dropped", "Usage records dropped because the buffer was full.", ()
+        )
+        self.store_write_seconds = Gauge(
+            "gatewayd_usage_last_write_seconds", "How long the last batch write to the store took.", ()
+        )
         self._all = (
             self.requests, self.attempts, self.tokens, self.latency, self.ttft, self.overhead,
             self.in_flight, self.queued, self.backend_up, self.info,
             self.starts, self.swaps, self.group_wait, self.group_queued,
+            self.key_requests, self.key_tokens, self.limit_rejections, self.auth_failures,
+            self.store_backlog, self.store_written, self.store_dropped, self.store_write_seconds,
         )  # fmt: skip
 
     def render(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -79,6 +79,7 @@ class Exchange:
         "model",
         "preference",
         "preferred",
+        "rate_headers",
         "raw",
         "received_at",
         "request_id",
@@ -126,6 +127,8 @@ class Exchange:
         self.upstream_time = 0.0
         self.usage = Usage()
         self.error: str | None = None
+        #: x-ratelimit-* headers of the caller's key, when it has limits
+        self.rate_headers: Mapping[str, str] | None = None
 
     def response_headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
         headers = [
@@ -140,6 +143,8 @@ class Exchange:
             headers.append((b"x-gatewayd-affinity", self.affinity.value.encode()))
         if self.attempts > 1:
             headers.append((b"x-gatewayd-attempts", str(self.attempts).encode()))
+        if self.rate_headers:
+            headers.extend((name.encode(), value.encode()) for name, value in self.rate_headers.items())
         return headers
 
 

@@ -20,6 +20,7 @@ from gatewayd.gateway.backends.pool import BackendPool
 from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.core.affinity import AffinityTable
 from gatewayd.gateway.generation import GatewayGeneration
+from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import InferenceEndpoint
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.relay import Relay, StreamRegistry
@@ -48,6 +49,8 @@ class GatewayFactory:
         self.activity = Activity()
         #: managed and wakeable backends: process-wide, kept across generations
         self.manager = BackendManager(state_dir, self.metrics)
+        #: keys, limits and the usage record: process-wide, so limits and buffered usage survive a reload
+        self.guard = Guard(state_dir, self.metrics)
         self._affinity: AffinityTable | None = None
         self._affinity_limits: tuple[int, float] | None = None
 
@@ -57,6 +60,7 @@ class GatewayFactory:
         runs, unless ``hand_over`` was called (a respawned gatewayd adopts them)."""
         async with anyio.create_task_group() as tg:
             await tg.start(self.manager.run)
+            await tg.start(self.guard.run)
             try:
                 yield
             finally:
@@ -82,6 +86,8 @@ class GatewayFactory:
     ) -> AsyncIterator[GatewayGeneration]:
         """Build, start and yield a generation; on exit stop its probes and close its upstream connections."""
         metrics = self.metrics
+        for warning in await self.guard.configure(config):
+            log.warning("keys: %s", warning)
         config = await self.manager.reconcile(config)
         async with Transport() as transport, anyio.create_task_group() as tg:
             pool = BackendPool(config, transport, self.manager)
@@ -94,6 +100,7 @@ class GatewayFactory:
                 max_body_bytes=config.server.max_body_bytes,
                 access_log_enabled=config.logging.access_log,
                 activity=self.activity,
+                guard=self.guard,
             )
             generation = GatewayGeneration(
                 config,
@@ -104,7 +111,7 @@ class GatewayFactory:
                 inference=inference,
                 activity=self.activity,
             )
-            app = create_app(generation, instance.snapshot)
+            app = create_app(generation, instance.snapshot, self.guard)
             generation.app = app
             sources = (
                 (metrics.in_flight, generation.gauge_in_flight),
