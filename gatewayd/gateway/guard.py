@@ -82,7 +82,8 @@ class Guard:
         self._keys: dict[bytes, KeyRecord] = {}
         self._counter: int | None = None
         self._refresh_now = anyio.Event()
-        self._restored: set[str] = set()
+        #: keys whose limit state was restored from the usage record (set once the restore is done)
+        self._restored: dict[str, anyio.Event] = {}
         self._store: Store | None = None
 
     # -- lifetime -----------------------------------------------------------------------------------
@@ -269,8 +270,15 @@ class Guard:
         key."""
         if key is None:
             return None
-        if key.id not in self._restored:
-            await self._restore(key.id)
+        restored = self._restored.get(key.id)
+        if restored is None:
+            restored = self._restored[key.id] = anyio.Event()
+            try:
+                await self._restore(key.id)
+            finally:
+                restored.set()
+        else:
+            await restored.wait()  # every request of a key waits for its first one's restore
         policy = KeyPolicy(
             key_id=key.id,
             models=key.models,
@@ -330,7 +338,6 @@ class Guard:
 
     async def _restore(self, key_id: str) -> None:
         """After a restart, this key's recent requests and total use from the usage record."""
-        self._restored.add(key_id)
         since = time.time() - RATE_WINDOW_SECONDS
         try:
             store = await anyio.to_thread.run_sync(self._store_now)

@@ -150,7 +150,11 @@ class Store:
         ``busy_timeout_seconds`` while the schema is created, written by a newer gatewayd)."""
         try:
             path.parent.mkdir(mode=STORE_DIR_MODE, parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STORE_FILE_MODE))
+            # Create the file with its mode, but never open an existing one outside SQLite: closing any
+            # descriptor of a file drops every POSIX lock this process holds on it, including the locks of
+            # the other connections open in this process (the writer's), which corrupts their locking.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, STORE_FILE_MODE))
         except OSError as exc:
             raise StoreError(f"cannot create the store {path}: {exc.strerror or exc}") from exc
         try:
