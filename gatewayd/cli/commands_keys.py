@@ -18,8 +18,7 @@ from rich.table import Table
 
 from gatewayd.cli.commands_instance import find_instance
 from gatewayd.cli.output import stderr_console, stdout_console
-from gatewayd.config.loader import load
-from gatewayd.config.paths import resolve_config_path, resolve_state_dir
+from gatewayd.config.paths import resolve_state_dir
 from gatewayd.errors import GatewaydError, NotRunning
 from gatewayd.gateway.guard import DB_FILE, STORE_BUSY_TIMEOUT_SECONDS
 from gatewayd.store.db import Store, UsageRow
@@ -163,19 +162,11 @@ def _notify_instance(state: Path) -> bool:
         record = find_instance(state, None)
     except (NotRunning, GatewaydError):
         return False
-    headers = {}
-    try:
-        token = load(resolve_config_path(None, os.environ), environ=os.environ).config.auth.admin_token
-    except GatewaydError:
-        token = None
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
     host = "127.0.0.1" if record.host in ("0.0.0.0", "::", "") else record.host
     netloc = f"[{host}]:{record.port}" if ":" in host else f"{host}:{record.port}"
     try:
         response = httpx.post(
-            f"http://{netloc}/admin/keys/refresh",
-            headers=headers,
+            f"http://{netloc}/keys/refresh",
             timeout=NOTIFY_TIMEOUT_SECONDS,
             trust_env=False,
         )

@@ -37,9 +37,9 @@ OLLAMA_COMPATIBLE_VERSION = "0.9.0"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-#: answered to anyone: liveness and readiness probes, the status page's shell (its data needs a key), and
-#: Ollama's version handshake
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/ui", "/api/version"})
+#: answered to anyone: liveness and readiness probes, the status page's shell (its data needs a key),
+#: Ollama's version handshake, and the key-refresh nudge (it only makes gatewayd re-read its own store)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/ui", "/api/version", "/keys/refresh"})
 
 
 def create_app(
@@ -178,9 +178,11 @@ def create_app(
         except RequestError as error:
             return _error_response(error)
 
-    @app.post("/admin/keys/refresh")
-    async def admin_refresh_keys() -> Response:
-        """Re-read the keys now (``gatewayd keys create|revoke`` call it after changing the store)."""
+    @app.post("/keys/refresh")
+    async def refresh_keys() -> Response:
+        """Re-read the keys from the store now: ``gatewayd keys create|revoke`` call it after changing the
+        store, so a revoked key is refused at once (otherwise within KEY_REFRESH_INTERVAL_SECONDS). Public:
+        it reveals nothing and changes nothing but the freshness of the cache."""
         await guard.refresh_keys()
         return jsonify({"refreshed": True})
 

@@ -115,6 +115,9 @@ _INSERT_USAGE = f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES (?{', ?'
 _usage_values = operator.attrgetter(*USAGE_COLUMNS)
 _SUMMARY_COLUMN = {"key": "key_id", "model": "model", "backend": "backend"}
 
+#: how often opening a new store retries its switch to WAL while another connection holds the file
+WAL_SWITCH_RETRY_SECONDS = 0.01
+
 
 @dataclass(frozen=True)
 class UsageRow:
@@ -166,7 +169,7 @@ class Store:
         store = cls(path, connection)
         try:
             with store._locked("open the store") as conn:
-                _prepare(conn, path)
+                _prepare(conn, path, busy_timeout_seconds)
         except BaseException:
             store.close()
             raise
@@ -415,8 +418,18 @@ class Store:
                 raise
 
 
-def _prepare(conn: sqlite3.Connection, path: Path) -> None:
-    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+def _prepare(conn: sqlite3.Connection, path: Path, busy_timeout_seconds: float) -> None:
+    # Switching a new file to WAL needs a moment alone with it and does not wait on the busy timeout
+    # (another connection of this process, or another process, may be creating the schema): retry.
+    deadline = time.monotonic() + busy_timeout_seconds
+    while True:
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_SWITCH_RETRY_SECONDS)
     if str(mode).lower() != "wal":
         raise StoreError(f"cannot use the store {path}: its file system does not support WAL mode")
     conn.execute("PRAGMA synchronous = NORMAL")
