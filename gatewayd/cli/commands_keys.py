@@ -85,7 +85,7 @@ def create(
         store.close()
     _notify_instance(state)
     if as_json:
-        click.echo(json.dumps({**_row(record), "key": secret}, indent=2))
+        click.echo(json.dumps({**record.public(), "key": secret}, indent=2))
         return
     console = stdout_console()
     console.print(f"created key [bold]{record.name}[/] ({record.id}); it is shown this once:")
@@ -103,7 +103,7 @@ def list_keys(as_json: bool, state_dir: str | None) -> None:
     finally:
         store.close()
     if as_json:
-        click.echo(json.dumps([_row(record) for record in records], indent=2))
+        click.echo(json.dumps([record.public() for record in records], indent=2))
         return
     stdout_console().print(format_keys(records))
 
@@ -179,24 +179,6 @@ def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def _row(record: KeyRecord) -> dict[str, object]:
-    return {
-        "id": record.id,
-        "name": record.name,
-        "prefix": record.prefix,
-        "models": list(record.models) if record.models is not None else None,
-        "rpm": record.rpm,
-        "tpm": record.tpm,
-        "max_concurrency": record.max_concurrency,
-        "budget_tokens": record.budget_tokens,
-        "expires_at": record.expires_at,
-        "revoked_at": record.revoked_at,
-        "created_at": record.created_at,
-        "source": record.source,
-        "active": record.active,
-    }
 
 
 def format_keys(records: Sequence[KeyRecord]) -> Table:

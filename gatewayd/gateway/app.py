@@ -27,7 +27,6 @@ from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import dialect_of_path
 from gatewayd.gateway.ui import status_page
-from gatewayd.store.keys import KeyRecord
 
 if TYPE_CHECKING:
     from gatewayd.gateway.generation import GatewayGeneration
@@ -157,7 +156,7 @@ def create_app(
     @app.get("/admin/keys")
     async def admin_keys() -> Response:
         """Every key (never the key itself: its first characters identify it)."""
-        return jsonify([key_row(record) for record in await guard.list_keys()])
+        return jsonify([record.public() for record in await guard.list_keys()])
 
     @app.post("/admin/keys")
     async def admin_create_key() -> tuple[Response, int] | Response:
@@ -168,13 +167,13 @@ def create_app(
             record, secret = await guard.create_key(body)
         except RequestError as error:
             return _error_response(error)
-        return jsonify({**key_row(record), "key": secret}), 201
+        return jsonify({**record.public(), "key": secret}), 201
 
     @app.delete("/admin/keys/<ref>")
     async def admin_revoke_key(ref: str) -> Response:
         """Revoke a key (by id, prefix or name): refused from this moment on."""
         try:
-            return jsonify(key_row(await guard.revoke_key(ref)))
+            return jsonify((await guard.revoke_key(ref)).public())
         except RequestError as error:
             return _error_response(error)
 
@@ -252,24 +251,6 @@ def _same_origin_only() -> None:
     origin = request.headers.get("Origin")
     if origin is not None and urlsplit(origin).netloc != request.headers.get("Host", ""):
         raise AdminRequired("admin requests must come from gatewayd's own page or a non-browser client")
-
-
-def key_row(record: KeyRecord) -> dict[str, object]:
-    return {
-        "id": record.id,
-        "name": record.name,
-        "prefix": record.prefix,
-        "models": list(record.models) if record.models is not None else None,
-        "rpm": record.rpm,
-        "tpm": record.tpm,
-        "max_concurrency": record.max_concurrency,
-        "budget_tokens": record.budget_tokens,
-        "expires_at": record.expires_at,
-        "revoked_at": record.revoked_at,
-        "created_at": record.created_at,
-        "source": record.source,
-        "active": record.active,
-    }
 
 
 def _error_response(error: RequestError) -> Response:

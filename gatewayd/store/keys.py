@@ -101,6 +101,24 @@ class KeyRecord:
     def active_at(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
+    def public(self) -> dict[str, object]:
+        """What the CLI and the admin API show of a key: everything but the key (its prefix identifies it)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "models": list(self.models) if self.models is not None else None,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "max_concurrency": self.max_concurrency,
+            "budget_tokens": self.budget_tokens,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "created_at": self.created_at,
+            "source": self.source,
+            "active": self.active,
+        }
+
     def to_row(self) -> tuple[object, ...]:
         """The values of KEY_COLUMNS (models as a JSON list)."""
         values: dict[str, object] = {column: getattr(self, column) for column in KEY_COLUMNS}

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.process import REPO_ROOT, GatewaydProcess
+from tests.support.process import REPO_ROOT, GatewaydProcess, gatewayd_cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +30,6 @@ backends:
 """
 
 
-def cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gatewayd", *args, "--state-dir", str(state_dir)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -58,17 +45,17 @@ def test_backends_lists_starts_and_stops_a_managed_backend(tmp_path: Path) -> No
         gw.wait_ready()
         state = gw.state_dir
 
-        table = cli("backends", state_dir=state)
+        table = gatewayd_cli("backends", state_dir=state)
         assert table.returncode == 0, table
         assert "local" in table.stdout
         assert "sleeping" in table.stdout
         assert f"port {gw.port}" in table.stdout  # names the instance it asked
 
-        start = cli("backends", "start", "local", state_dir=state)
+        start = gatewayd_cli("backends", "start", "local", state_dir=state)
         assert start.returncode == 0, start
         assert "started backend local: running" in start.stdout
 
-        listed = cli("backends", "--json", state_dir=state)
+        listed = gatewayd_cli("backends", "--json", state_dir=state)
         assert listed.returncode == 0, listed
         row = next(r for r in json.loads(listed.stdout) if r["id"] == "local")
         assert row["state"] == "running"
@@ -77,16 +64,16 @@ def test_backends_lists_starts_and_stops_a_managed_backend(tmp_path: Path) -> No
         assert alive(pid)
         assert f"pid {pid}" in start.stdout
 
-        stop = cli("backends", "stop", "local", state_dir=state)
+        stop = gatewayd_cli("backends", "stop", "local", state_dir=state)
         assert stop.returncode == 0, stop
         assert "stopped backend local: sleeping" in stop.stdout
         assert not alive(pid)
 
-        unknown = cli("backends", "start", "nope", state_dir=state)
+        unknown = gatewayd_cli("backends", "start", "nope", state_dir=state)
         assert unknown.returncode == 1
         assert "no backend 'nope'" in unknown.stderr
 
-        broken = cli("backends", "start", "broken", state_dir=state)
+        broken = gatewayd_cli("backends", "start", "broken", state_dir=state)
         assert broken.returncode == 1
         assert "could not start" in broken.stderr
         assert "exited with code 3" in broken.stderr
@@ -95,7 +82,7 @@ def test_backends_lists_starts_and_stops_a_managed_backend(tmp_path: Path) -> No
 
 def test_backends_says_clearly_when_nothing_runs(tmp_path: Path) -> None:
     for command in (["backends"], ["backends", "--json"], ["backends", "start", "local"]):
-        result = cli(*command, state_dir=tmp_path / "state")
+        result = gatewayd_cli(*command, state_dir=tmp_path / "state")
         assert result.returncode == 3, (command, result)
         assert "not running" in result.stderr
         assert "gatewayd run" in result.stderr

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,24 +17,13 @@ import pytest
 from gatewayd.gateway.guard import DB_FILE
 from gatewayd.store.db import Store
 from tests.support.fake_backend import spawned_fake_backend
-from tests.support.process import REPO_ROOT, GatewaydProcess, free_port, wait_for
+from tests.support.process import GatewaydProcess, free_port, wait_for
+from tests.support.process import gatewayd_cli as cli
 
 pytestmark = pytest.mark.slow
 
 MODEL = "m"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "stream": False}
-
-
-def cli(*args: str, state_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gatewayd", *args, "--state-dir", str(state_dir)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture
@@ -133,9 +120,7 @@ def test_usage_is_summarised_by_the_cli(tmp_path: Path, upstream: str) -> None:
     config = write_config(tmp_path / "config.yaml", upstream)
     with GatewaydProcess.gatewayd(tmp_path, config) as gw:
         gw.wait_ready()
-        key = json.loads(cli("keys", "create", "--name", "team", "--json", state_dir=gw.state_dir).stdout)[
-            "key"
-        ]
+        key = new_key(gw, "team")
         for _ in range(3):
             assert chat(gw, key).status_code == 200
         assert gw.stop() == 0  # a clean stop writes what is buffered
@@ -153,9 +138,7 @@ def test_after_a_kill_9_under_load_the_store_opens_cleanly(tmp_path: Path, upstr
     config = write_config(tmp_path / "config.yaml", upstream)
     with GatewaydProcess.gatewayd(tmp_path, config) as gw:
         gw.wait_ready()
-        key = json.loads(cli("keys", "create", "--name", "load", "--json", state_dir=gw.state_dir).stdout)[
-            "key"
-        ]
+        key = new_key(gw, "load")
         stop = threading.Event()
 
         def load() -> None:

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.process import REPO_ROOT, GatewaydProcess, free_port, process_alive
+from tests.support.process import GatewaydProcess, free_port, gatewayd_cli, process_alive
 
 pytestmark = pytest.mark.slow
 
 
-def cli(*args: str, state_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gatewayd", *args, "--state-dir", str(state_dir)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-
-
 def test_every_command_says_clearly_when_nothing_runs(tmp_path: Path) -> None:
     for command in (["status"], ["status", "--json"], ["stop"], ["restart"], ["restart", "--port", "9"]):
-        result = cli(*command, state_dir=tmp_path / "state")
+        result = gatewayd_cli(*command, state_dir=tmp_path / "state")
         assert result.returncode == 3, (command, result)
         assert "not running" in result.stderr
         assert "gatewayd run" in result.stderr
@@ -39,7 +25,7 @@ def test_the_real_gatewayd_run_reports_status_reloads_and_stops(tmp_path: Path) 
     config.write_text("discovery:\n  enabled: false\n")
     with GatewaydProcess.gatewayd(tmp_path, config) as gw:
         gw.wait_ready()
-        status = cli("status", "--json", state_dir=gw.state_dir)
+        status = gatewayd_cli("status", "--json", state_dir=gw.state_dir)
         assert status.returncode == 0, status
         report = json.loads(status.stdout)
         assert report["pid"] == gw.pid
@@ -50,16 +36,16 @@ def test_the_real_gatewayd_run_reports_status_reloads_and_stops(tmp_path: Path) 
         assert report["last_reload"] is None
         assert report["backends_total"] == 0
 
-        restart = cli("restart", state_dir=gw.state_dir)
+        restart = gatewayd_cli("restart", state_dir=gw.state_dir)
         assert restart.returncode == 0, restart
         assert "reloaded" in restart.stdout
-        table = cli("status", state_dir=gw.state_dir)
+        table = gatewayd_cli("status", state_dir=gw.state_dir)
         assert table.returncode == 0, table
         assert str(gw.pid) in table.stdout
         assert "ok at" in table.stdout  # the last reload
-        assert json.loads(cli("status", "--json", state_dir=gw.state_dir).stdout)["generation"] == 2
+        assert json.loads(gatewayd_cli("status", "--json", state_dir=gw.state_dir).stdout)["generation"] == 2
 
-        stop = cli("stop", state_dir=gw.state_dir)
+        stop = gatewayd_cli("stop", state_dir=gw.state_dir)
         assert stop.returncode == 0, stop
         assert f"stopped gatewayd (pid {gw.pid}" in stop.stdout
         assert not process_alive(gw.pid)
@@ -71,7 +57,7 @@ def test_status_degrades_to_the_lock_record_when_the_instance_does_not_answer_st
         gw.wait_ready()
         gw.signal(19)  # SIGSTOP: alive, holds the lock, answers nothing
         try:
-            result = cli("status", "--json", state_dir=gw.state_dir)
+            result = gatewayd_cli("status", "--json", state_dir=gw.state_dir)
         finally:
             gw.signal(18)  # SIGCONT
         assert result.returncode == 0, result
@@ -90,17 +76,17 @@ def test_with_several_instances_port_picks_one(tmp_path: Path) -> None:
     ):
         a.wait_ready()
         b.wait_ready()
-        ambiguous = cli("status", state_dir=state)
+        ambiguous = gatewayd_cli("status", state_dir=state)
         assert ambiguous.returncode == 1
         assert "several gatewayd instances" in ambiguous.stderr
         assert "--port" in ambiguous.stderr
-        picked = json.loads(cli("status", "--json", "--port", str(b.port), state_dir=state).stdout)
+        picked = json.loads(gatewayd_cli("status", "--json", "--port", str(b.port), state_dir=state).stdout)
         assert picked["pid"] == b.pid
-        assert cli("stop", "--port", str(a.port), state_dir=state).returncode == 0
+        assert gatewayd_cli("stop", "--port", str(a.port), state_dir=state).returncode == 0
         assert a.wait_exit() == 0
         assert b.get("/healthz").status_code == 200
         # one left: no --port needed
-        assert json.loads(cli("status", "--json", state_dir=state).stdout)["pid"] == b.pid
+        assert json.loads(gatewayd_cli("status", "--json", state_dir=state).stdout)["pid"] == b.pid
         assert b.stop() == 0
 
 
@@ -123,7 +109,7 @@ def test_under_systemd_a_second_run_exits_78(tmp_path: Path) -> None:
 def test_an_unusable_state_directory_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = cli("run", "--port", str(free_port()), state_dir=blocker / "state")
+    result = gatewayd_cli("run", "--port", str(free_port()), state_dir=blocker / "state")
     assert result.returncode == 1
     assert f"cannot use the state directory {blocker / 'state'}" in result.stderr
     assert "--state-dir" in result.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 
 from gatewayd.supervisor.sentinel import last_outcome, outcome_history
 from tests.support.load import HttpLoad
-from tests.support.process import REPO_ROOT, GatewaydProcess, wait_for
+from tests.support.process import GatewaydProcess, gatewayd_cli, wait_for
 from tests.support.supervisor_apps import write_config
 
 pytestmark = pytest.mark.slow
@@ -36,17 +34,6 @@ def reload_and_wait(gw: GatewaydProcess, *, outcomes_before: int) -> None:
         lambda: len(outcome_history(gw.state_dir, gw.port)) > outcomes_before,
         timeout=10,
         what="a reload outcome",
-    )
-
-
-def gatewayd_cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gatewayd", *args, "--state-dir", str(state_dir)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
 
 

@@ -333,3 +333,19 @@ class Request:
 
     def join(self) -> None:
         self.thread.join(60)
+
+
+def gatewayd_cli(
+    *args: str, state_dir: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m gatewayd ARGS --state-dir DIR`` from the repository, output captured; ``env`` is added
+    to this process's environment (a wide terminal, so tables are not wrapped)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd", *args, "--state-dir", str(state_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )

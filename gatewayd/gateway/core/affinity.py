@@ -15,6 +15,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gatewayd.config import AffinitySettings
+
 #: Session headers, lower-case, first present wins. Ours first: a client that sets it means it. Then the
 #: ids coding agents already send, each one stable for a whole conversation:
 #:   - ``x-session-id`` and ``x-session-affinity``: opencode sends its session id in both to every provider
@@ -26,15 +28,8 @@ from typing import Any
 #:     ``session-id`` (``build_session_headers``); earlier releases inserted ``session_id``
 #:     (``build_conversation_headers``). Proxies such as nginx drop underscored names unless told not to.
 #: aider and Cline send no conversation header that we know of; they fall back to the message hash.
-DEFAULT_SESSION_HEADERS: tuple[str, ...] = (
-    "x-gatewayd-session",
-    "x-session-id",
-    "x-session-affinity",
-    "x-claude-code-session-id",
-    "session-id",
-    "session_id",
-    "x-opencode-session",
-)
+#: (The list itself is the config's default, ``AffinitySettings.session_headers``.)
+DEFAULT_SESSION_HEADERS: tuple[str, ...] = AffinitySettings().session_headers
 #: messages hashed at most; the key never reaches past the first user message (see ``affinity_key``)
 DEFAULT_LEADING_MESSAGES = 2
 #: a message prefix with less text than this is too common ("hi") and too cheap to be worth a pin
