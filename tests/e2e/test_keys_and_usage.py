@@ -177,3 +177,23 @@ def test_a_public_address_without_auth_refuses_to_start(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "listening on a public address requires authentication" in result.stderr
     assert "auth.mode: keys" in result.stderr
+
+
+def test_a_keys_limits_survive_a_respawn(tmp_path: Path, upstream: str) -> None:
+    config = write_config(tmp_path / "config.yaml", upstream)
+    config.write_text(
+        config.read_text() + "restart:\n  respawn_ready_timeout_seconds: 30\n  handoff_close_seconds: 0.5\n"
+    )
+    with GatewaydProcess.gatewayd(tmp_path, config) as gw:
+        gw.wait_ready()
+        created = cli("keys", "create", "--name", "few", "--rpm", "3", "--json", state_dir=gw.state_dir)
+        key = json.loads(created.stdout)["key"]
+        assert [chat(gw, key).status_code for _ in range(3)] == [200, 200, 200]
+        wait_for(lambda: recorded(gw.state_dir) >= 3, timeout=10, what="the usage to be written")
+        respawn = cli("restart", "--respawn", "--port", str(gw.port), state_dir=gw.state_dir)
+        assert respawn.returncode == 0, respawn.stderr
+        assert gw.wait_exit() == 0
+        refused = chat(gw, key)  # served by the new process, which restored the key's window
+        assert refused.status_code == 429
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert gw.stop() == 0
