@@ -9,6 +9,7 @@ path (``{"error": ...}`` under /api, OpenAI error objects everywhere else). Ever
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -20,7 +21,7 @@ from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gatewayd import __version__
-from gatewayd.errors import AdminRequired, HttpError, NotFound, RequestError
+from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound, NotFound, RequestError
 from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.core.requestid import request_id
@@ -222,6 +223,56 @@ def create_app(
     async def ollama_ps() -> Response:
         rows = [row for row in generation.model_rows() if row["state"] == "running"]
         return jsonify({"models": [{**_ollama_model(row, started), "expires_at": None} for row in rows]})
+
+    @app.post("/api/show")
+    async def ollama_show() -> Response:
+        """What Ollama's clients ask before they use a model (``ollama run`` first of all): a description
+        made from what gatewayd knows, for any model it routes. 404 in Ollama's shape for another name."""
+        row = await _requested_model()
+        if isinstance(row, Response):
+            return row
+        model = _ollama_model(row, started)
+        return jsonify(
+            {
+                "license": "",
+                "modelfile": f"# served by gatewayd from {', '.join(b['backend'] for b in row['backends'])}",
+                "parameters": "",
+                "template": "{{ .Prompt }}",
+                "details": model["details"],
+                "model_info": {},
+                "capabilities": ["completion"],
+                "modified_at": model["modified_at"],
+            }
+        )
+
+    @app.post("/api/pull")
+    async def ollama_pull() -> Response:
+        """gatewayd does not download models: a model it routes is already "pulled" (success, as Ollama
+        answers for a model it has); any other name is a 404 saying how to serve it."""
+        row = await _requested_model()
+        if isinstance(row, Response):
+            return row
+        body = await request.get_json(silent=True)
+        success = {"status": "success"}
+        if isinstance(body, dict) and body.get("stream") is False:
+            return jsonify(success)
+        return Response(json.dumps(success) + "\n", content_type="application/x-ndjson")
+
+    async def _requested_model() -> dict[str, Any] | Response:
+        body = await request.get_json(silent=True)
+        name = (body.get("model") or body.get("name")) if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            return _error_response(BadRequest("'model' is required", param="model"))
+        rows = {row["name"]: row for row in generation.model_rows()}
+        for alias in (name, name.removesuffix(":latest"), f"{name}:latest"):
+            if alias in rows:
+                return rows[alias]
+        return _error_response(
+            ModelNotFound(
+                f"model '{name}' is not served by gatewayd; gatewayd does not pull models: declare a backend "
+                "or a route that serves it"
+            )
+        )
 
     @app.get("/api/version")
     async def ollama_version() -> Response:

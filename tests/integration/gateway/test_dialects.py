@@ -352,3 +352,23 @@ def test_same_dialect_requests_reach_the_backend_with_every_field_intact(
     ollama_body = {"model": OLLAMA_MODEL, "messages": user(), "stream": False, "options": {"top_k": 7}}
     assert httpx.post(gw.url + OLLAMA_CHAT, json=ollama_body).status_code == 200
     assert setup.ol.stats().last_body[OLLAMA_CHAT] == ollama_body
+
+
+@pytest.mark.parametrize("model", [OPENAI_MODEL, OLLAMA_MODEL, "alias-oa"])
+def test_ollama_show_and_pull_answer_for_every_routed_model(oll: ollama.Client, model: str) -> None:
+    shown = oll.show(model)
+    assert shown.modelfile is not None
+    assert BACKEND_OF[model] in shown.modelfile
+    assert shown.capabilities == ["completion"]
+    assert oll.pull(model).status == "success"
+    assert [part.status for part in oll.pull(model, stream=True)] == ["success"]
+
+
+def test_ollama_show_and_pull_of_an_unknown_model_say_gatewayd_does_not_pull(oll: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as shown:
+        oll.show("no-such-model")
+    assert shown.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as pulled:
+        oll.pull("no-such-model")
+    assert pulled.value.status_code == 404
+    assert "does not pull models" in str(pulled.value)
