@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock
 
+from gatewayd.store.files import STATE_FILE_MODE, write_atomic, write_json_atomic
+
+__all__ = [
+    "STATE_DIR_MODE",
+    "STATE_FILE_MODE",
+    "ensure_private_dir",
+    "exclusive_lock",
+    "read_json",
+    "write_atomic",
+    "write_json_atomic",
+]
+
 STATE_DIR_MODE = 0o700
-STATE_FILE_MODE = 0o600
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -28,32 +37,6 @@ def ensure_private_dir(path: Path) -> Path:
     left as it is. Returns ``path``. Raises OSError if it cannot be created."""
     path.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     return path
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = STATE_FILE_MODE) -> None:
-    """Replace ``path`` with ``data`` atomically; the file ends up with ``mode``. The parent must exist.
-
-    On any failure the temporary file is removed and the old content (if any) is left untouched."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(
-            tmp, mode
-        )  # the umask may have narrowed the mode given to open(); never widen it by accident
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: Path, value: object) -> None:
-    """``write_atomic`` of ``value`` as one line of JSON (keys sorted) followed by a newline."""
-    write_atomic(path, (json.dumps(value, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: Path) -> object | None:

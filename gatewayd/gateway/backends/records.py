@@ -10,19 +10,19 @@ the recorded create_time, so that a PID the kernel gave to an unrelated process 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import re
-import secrets
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import psutil
+
+from gatewayd.store.files import write_json_atomic
 
 log = logging.getLogger("gatewayd.backends")
 
@@ -122,20 +122,7 @@ def write_record(directory: Path, record: Record) -> Path:
     the file's path; raises OSError if it cannot be written (the old record, if any, is left untouched)."""
     path = record_path(directory, record.backend_id)
     directory.mkdir(mode=RECORDS_DIR_MODE, parents=True, exist_ok=True)
-    data = (json.dumps(record.to_json(), sort_keys=True) + "\n").encode()
-    # named so that no "*.json" glob matches it
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, RECORD_FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, record.to_json(), mode=RECORD_FILE_MODE)
     return path
 
 
