@@ -453,10 +453,12 @@ async def test_watch_reports_an_adopted_child_that_dies(
 
 
 async def test_watch_rotates_the_log_and_the_child_keeps_writing(tmp_path: Path, records_dir: Path) -> None:
+    # one write per line, whatever the buffering (print() writes the text and its newline separately when
+    # stdout is unbuffered, and a copy-truncate may fall between the two)
     code = (
-        "import itertools, time\n"
+        "import itertools, os, time\n"
         "for i in itertools.count():\n"
-        "    print(f'line {i:06d}', flush=True)\n"
+        "    os.write(1, f'line {i:06d}\\n'.encode())\n"
         "    time.sleep(0.005)\n"
     )
     spec = make_spec(tmp_path, python(code), log_max_bytes=300, log_backups=2)
