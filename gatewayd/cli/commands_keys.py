@@ -14,7 +14,9 @@ from pathlib import Path
 
 import click
 import httpx
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from gatewayd.cli.commands_instance import find_instance
 from gatewayd.cli.output import stderr_console, stdout_console
@@ -88,7 +90,7 @@ def create(
         click.echo(json.dumps({**record.public(), "key": secret}, indent=2))
         return
     console = stdout_console()
-    console.print(f"created key [bold]{record.name}[/] ({record.id}); it is shown this once:")
+    console.print(f"created key [bold]{escape(record.name)}[/] ({record.id}); it is shown this once:")
     console.print(secret, markup=False)
 
 
@@ -120,7 +122,7 @@ def revoke(ref: str, state_dir: str | None) -> None:
         store.close()
     told = _notify_instance(state)
     suffix = "; the running instance refuses it now" if told else ""
-    stdout_console().print(f"revoked key [bold]{record.name}[/] ({record.id}){suffix}")
+    stdout_console().print(f"revoked key [bold]{escape(record.name)}[/] ({record.id}){suffix}")
 
 
 @click.command()
@@ -199,7 +201,7 @@ def format_keys(records: Sequence[KeyRecord]) -> Table:
         state = "revoked" if record.revoked_at is not None else ("active" if record.active else "expired")
         table.add_row(
             record.id,
-            record.name,
+            Text(record.name),
             f"{record.prefix}…",
             ", ".join(record.models) if record.models is not None else "all",
             limits or "-",
@@ -221,7 +223,7 @@ def format_usage(rows: Sequence[UsageRow], by: str) -> Table:
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
-            row.group,
+            Text(row.group),
             f"{row.requests:,}",
             f"{row.errors:,}",
             f"{row.prompt_tokens:,}",

@@ -21,6 +21,7 @@ from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gatewayd import __version__
+from gatewayd.config.loader import is_loopback_host
 from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound, NotFound, RequestError
 from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
@@ -66,7 +67,7 @@ def create_app(
         headers = _scope_headers()
         try:
             if path.startswith("/admin/"):
-                _same_origin_only()
+                _same_origin_only(guard)
                 guard.require_admin(headers)
             elif not guard.is_admin(headers):
                 guard.authenticate(headers)
@@ -294,9 +295,14 @@ def _scope_headers() -> list[tuple[bytes, bytes]]:
     ]
 
 
-def _same_origin_only() -> None:
+def _same_origin_only(guard: Guard) -> None:
     """Refuse a request a browser sent on behalf of another site (CSRF): Sec-Fetch-Site cross-site or
-    same-site, or an Origin whose host is not this one. Non-browser clients send neither header."""
+    same-site, or an Origin whose host is not this one. Non-browser clients send neither header. Also a
+    Host that is not a loopback name or address, while admin requests need no token: a page elsewhere that
+    rebinds its own name to 127.0.0.1 controls both Origin and Host, but not this (DNS rebinding)."""
+    host = urlsplit(f"//{request.headers.get('Host', '')}").hostname or ""
+    if not is_loopback_host(host) and guard.settings.admin_token is None:
+        raise AdminRequired("admin requests without a token must name a loopback host (Host: 127.0.0.1:PORT)")
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         raise AdminRequired("admin requests must come from gatewayd's own page or a non-browser client")
     origin = request.headers.get("Origin")

@@ -50,6 +50,10 @@ RATE_WINDOW_SECONDS = 60.0
 DB_FILE = "gatewayd.db"
 _KEY_FIELDS = frozenset({"name", "models", "rpm", "tpm", "max_concurrency", "budget_tokens", "expires"})
 T = TypeVar("T")
+#: token counts a backend reports are capped at this (a broken or hostile backend must not overflow them)
+MAX_REPORTED_TOKENS = 2**31 - 1
+#: the largest limit the admin API takes (SQLite integers are 64-bit)
+MAX_LIMIT = 2**53
 #: the guard's own store reads and imports run off the request path: they may wait for a writer this long
 STORE_BUSY_TIMEOUT_SECONDS = 5.0
 
@@ -82,6 +86,9 @@ class Guard:
         self._keys: dict[bytes, KeyRecord] = {}
         self._counter: int | None = None
         self._refresh_now = anyio.Event()
+        self._refresh_lock = anyio.Lock()
+        #: whether the last read of the store failed (its warning is logged once per outage)
+        self._store_unreadable = False
         #: keys whose limit state was restored from the usage record (set once the restore is done)
         self._restored: dict[str, anyio.Event] = {}
         self._store: Store | None = None
@@ -141,15 +148,17 @@ class Guard:
         return warnings
 
     async def refresh_keys(self) -> None:
-        """Re-read the keys now (a key was created or revoked, here or by the CLI)."""
-        await self._refresh(force=True)
+        """Re-read the keys now (a key was created or revoked, here or by the CLI). Concurrent calls share
+        one read: a caller that arrives while one runs waits for the next."""
+        async with self._refresh_lock:
+            await self._refresh(force=True)
 
     async def list_keys(self) -> list[KeyRecord]:
         return await self._in_store(lambda store: store.list_keys())
 
     async def create_key(self, body: object) -> tuple[KeyRecord, str]:
         """Create a key from an admin API request body. Raises BadRequest saying what is wrong."""
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"].strip():
             raise BadRequest("send a JSON object with at least a non-empty 'name'", param="name")
         unknown = set(body) - _KEY_FIELDS
         if unknown:
@@ -157,8 +166,10 @@ class Guard:
         limits: dict[str, int | None] = {}
         for field in ("rpm", "tpm", "max_concurrency", "budget_tokens"):
             value = body.get(field)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise BadRequest(f"'{field}' must be a whole number of at least 1", param=field)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIMIT
+            ):
+                raise BadRequest(f"'{field}' must be a whole number from 1 to {MAX_LIMIT}", param=field)
             limits[field] = value
         models = body.get("models")
         if models is not None and (
@@ -194,6 +205,7 @@ class Guard:
         except KeyNotFound as error:
             raise NotFound(error.message) from None
         self.limiter.forget(record.id)
+        self._restored.pop(record.id, None)
         await self.refresh_keys()
         return record
 
@@ -203,7 +215,11 @@ class Guard:
             return await anyio.to_thread.run_sync(lambda: action(self._store_now()))
         except KeyNotFound:
             raise
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
         except StoreError as error:
+            if "ambiguous" in error.message:
+                raise HttpError(error.message, status=409) from None
             raise HttpError(f"the key store cannot be used: {error.message}", status=503) from error
 
     def _store_now(self) -> Store:
@@ -219,15 +235,20 @@ class Guard:
                 return
             keys = await anyio.to_thread.run_sync(store.all_active_keys)
         except (GatewaydError, OSError) as error:
-            if self._counter is not None or force:
+            if not self._store_unreadable:
                 log.warning(
                     "cannot read keys from %s (%s): the keys already known keep working", self.db_path, error
                 )
+            self._store_unreadable = True
             self._counter = None
             return
+        if self._store_unreadable:
+            log.info("keys: %s can be read again", self.db_path)
+            self._store_unreadable = False
         gone = {record.id for record in self._keys.values()} - {record.id for record in keys.values()}
         for key_id in gone:
             self.limiter.forget(key_id)
+            self._restored.pop(key_id, None)
         self._keys, self._counter = keys, counter
 
     # -- requests -----------------------------------------------------------------------------------
@@ -274,7 +295,8 @@ class Guard:
         if restored is None:
             restored = self._restored[key.id] = anyio.Event()
             try:
-                await self._restore(key.id)
+                if not await self._restore(key.id):
+                    del self._restored[key.id]  # the next request tries again
             finally:
                 restored.set()
         else:
@@ -313,6 +335,9 @@ class Guard:
         """Account for a finished request: limit windows, the usage record, per-key metrics. Never raises,
         never blocks (the usage record is written later, in batches)."""
         now = time.time()
+        # a backend's numbers are not trusted to be sane: bounded, so no counter or column can overflow
+        prompt_tokens = min(max(prompt_tokens, 0), MAX_REPORTED_TOKENS)
+        completion_tokens = min(max(completion_tokens, 0), MAX_REPORTED_TOKENS)
         tokens = prompt_tokens + completion_tokens
         if grant is not None:
             # counted from what the backend reported; estimated when it reported nothing
@@ -336,8 +361,9 @@ class Guard:
             if tokens:
                 self.metrics.key_tokens.inc((key.name,), tokens)
 
-    async def _restore(self, key_id: str) -> None:
-        """After a restart, this key's recent requests and total use from the usage record."""
+    async def _restore(self, key_id: str) -> bool:
+        """After a restart, this key's recent requests and total use from the usage record. False when the
+        record could not be read (the limits then run from what this process has seen)."""
         since = time.time() - RATE_WINDOW_SECONDS
         try:
             store = await anyio.to_thread.run_sync(self._store_now)
@@ -345,10 +371,11 @@ class Guard:
             used = await anyio.to_thread.run_sync(store.tokens_used, key_id)
         except (GatewaydError, OSError) as error:
             log.warning("cannot restore the limits of key %s from the usage record: %s", key_id, error)
-            return
+            return False
         events = [(at, tokens) for owner, at, tokens in recent if owner == key_id]
         # the usage buffer holds nothing of this key yet: its first request in this process is being admitted
         self.limiter.restore(key_id, events, used)
+        return True
 
     def rate_headers(self, grant: Grant | None) -> Mapping[str, str]:
         return {} if grant is None else grant.headers

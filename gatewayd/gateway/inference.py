@@ -197,19 +197,22 @@ class InferenceEndpoint:
             if error is not None:
                 await self._send_error(exchange, error, send)
         finally:
-            latency, ttft = self._record(exchange)
+            latency = time.perf_counter() - exchange.received_at
+            ttft = None if exchange.first_byte_at is None else exchange.first_byte_at - exchange.received_at
             self._guard.finish(
                 key,
                 grant,
                 model=exchange.model or "-",
                 backend=exchange.backend,
                 prompt_tokens=exchange.usage.prompt_tokens or 0,
-                completion_tokens=exchange.usage.completion_tokens or 0,
+                # a stream whose backend reported no usage is charged one token per event relayed
+                completion_tokens=exchange.usage.completion_tokens or exchange.stream_events,
                 latency_seconds=latency,
                 ttft_seconds=ttft,
                 status=exchange.status,
                 attempts=exchange.attempts,
             )
+            self._record(exchange)
 
     async def _send_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
         dialect = exchange.api.dialect

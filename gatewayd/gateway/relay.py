@@ -86,6 +86,7 @@ class Exchange:
         "started",
         "status",
         "stream",
+        "stream_events",
         "upstream_time",
         "usage",
     )
@@ -129,6 +130,8 @@ class Exchange:
         self.error: str | None = None
         #: x-ratelimit-* headers of the caller's key, when it has limits
         self.rate_headers: Mapping[str, str] | None = None
+        #: events relayed on a stream: the token estimate when the backend reports no usage
+        self.stream_events = 0
 
     def response_headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
         headers = [
@@ -496,6 +499,7 @@ class Relay:
         """Same dialect: forward whole events as bytes; parse only events that carry token counts."""
         usage = translation.stream()
         marker = b'"usage"' if framing is Framing.SSE else b'"done"'
+        event_mark = b"data:" if framing is Framing.SSE else b"\n"
         rest = b""
         waiting_since = time.perf_counter()
         async for data in upstream.chunks():
@@ -506,6 +510,7 @@ class Relay:
             complete, rest = split_complete(rest + data if rest else data, framing)
             if not complete:
                 continue
+            exchange.stream_events += complete.count(event_mark)
             if marker in complete:
                 _scan_usage(complete, framing, usage)
             if exchange.started:
@@ -549,6 +554,7 @@ class Relay:
                     break
                 out.extend(encode(p) for p in stream.event(payload))
             if out:
+                exchange.stream_events += len(out)
                 chunk = b"".join(out)
                 if exchange.started:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -367,12 +367,13 @@ class Store:
         return int(row[0])
 
     def recent_usage(self, since: float) -> list[tuple[str, float, int]]:
-        """(key id, time, tokens) of every keyed request since ``since``, oldest first: what rate windows
-        are rebuilt from after a restart."""
+        """(key id, time, tokens) of every keyed request since ``since`` that its limits admitted, oldest
+        first: what rate windows are rebuilt from after a restart."""
         with self._locked("read recent usage") as conn:
             rows = conn.execute(
                 "SELECT key_id, time, prompt_tokens + completion_tokens FROM usage"
-                " WHERE time >= ? AND key_id IS NOT NULL ORDER BY time",
+                " WHERE time >= ? AND key_id IS NOT NULL AND status NOT IN (401, 402, 403, 429)"
+                " ORDER BY time",
                 (since,),
             ).fetchall()
         return [(str(key_id), float(when), int(tokens)) for key_id, when, tokens in rows]

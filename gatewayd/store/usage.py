@@ -183,6 +183,11 @@ class UsageWriter:
             self._requeue(rows)
             self._failed(exc)
             return False
+        except Exception:  # rows the store cannot take at all (a value out of range): drop, never crash
+            self._in_flight = 0
+            self.dropped_total += len(rows)
+            log.exception("usage store: %d record(s) could not be written and were dropped", len(rows))
+            return True
         except anyio.get_cancelled_exc_class():
             self._in_flight = 0
             raise

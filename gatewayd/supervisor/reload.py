@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
-from gatewayd.config import Config, RestartMode
+from gatewayd.config import AuthMode, Config, RestartMode
+from gatewayd.config.loader import is_loopback_host
 from gatewayd.errors import ConfigError, ReloadError
 from gatewayd.supervisor.respawn import spawn_ready_child
 from gatewayd.supervisor.sentinel import ReloadOutcome, record_outcome, take_reload_requests
@@ -175,6 +176,14 @@ class Reloader:
                 False,
             )
         self._warn_if_listen_changed(config)
+        bound = loop.instance.listener.host
+        if not is_loopback_host(bound) and config.auth.mode is not AuthMode.KEYS:
+            message = (
+                f"the new config turns auth off while gatewayd listens on {bound}, which is not loopback; "
+                "a reload keeps the socket: keep auth.mode: keys, or stop gatewayd and start it on 127.0.0.1"
+            )
+            log.error("config: %s", message)
+            return attempt.outcome("rejected", message, errors=(message,)), False
         respawn = recovery is None and (respawn_requested or config.restart.mode is RestartMode.RESPAWN)
         notes: list[str] = []
         if respawn and loop.service_manager is ServiceManager.LAUNCHD:

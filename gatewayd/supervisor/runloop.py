@@ -38,7 +38,7 @@ import anyio.abc
 import anyio.to_thread
 
 from gatewayd.config import AuthMode, Config
-from gatewayd.config.loader import redacted
+from gatewayd.config.loader import is_loopback_host, redacted
 from gatewayd.config.paths import STATE_DIR_ENV
 from gatewayd.errors import EXIT_FAILURE, ReloadError, StartupError
 from gatewayd.supervisor.contract import GenerationFactory
@@ -127,6 +127,11 @@ def _run(factory: GenerationFactory, options: RunOptions) -> int:
                 environ=options.environ,
             )
             cleanup.callback(listener.close)
+            if not is_loopback_host(listener.host) and config.auth.mode is not AuthMode.KEYS:
+                raise StartupError(
+                    f"the config turns auth off while the inherited socket listens on {listener.host}, which "
+                    "is not loopback: keep auth.mode: keys, or stop gatewayd and start it on 127.0.0.1"
+                )
         else:
             # a socket-activated instance is locked by the port systemd's socket has, not the config's
             activated = activated_listener(options.environ, allow_public=config.auth.mode is AuthMode.KEYS)

@@ -197,3 +197,18 @@ def test_a_keys_limits_survive_a_respawn(tmp_path: Path, upstream: str) -> None:
         assert refused.status_code == 429
         assert refused.headers["x-ratelimit-remaining-requests"] == "0"
         assert gw.stop() == 0
+
+
+def test_a_reload_cannot_turn_auth_off_on_a_public_socket(tmp_path: Path, upstream: str) -> None:
+    config = write_config(tmp_path / "config.yaml", upstream)
+    config.write_text(config.read_text() + "server:\n  host: 0.0.0.0\n")
+    with GatewaydProcess.gatewayd(tmp_path, config) as gw:
+        gw.wait_ready()
+        config.write_text(
+            config.read_text().replace("mode: keys", 'mode: "off"').replace("0.0.0.0", "127.0.0.1")
+        )
+        gw.signal(signal.SIGHUP)
+        wait_for(lambda: "turns auth off while gatewayd listens on 0.0.0.0" in gw.logs(), timeout=20,
+                 what="the rejected reload")  # fmt: skip
+        assert httpx.get(gw.url("/status")).status_code == 401  # keys are still required
+        assert gw.stop() == 0

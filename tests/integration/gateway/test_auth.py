@@ -251,3 +251,22 @@ def test_every_request_is_recorded_with_its_key(
     assert by_key[expected].requests == 2
     assert by_key[expected].completion_tokens > 0
     assert key_id
+
+
+def test_streams_without_reported_usage_still_spend_the_budget(
+    tmp_path: Path, fake_backend_factory: FakeBackendFactory
+) -> None:
+    with gateway(tmp_path, fake_backend_factory(models=(MODEL,))) as gw:
+        _, key = create_key(gw, budget_tokens=80)
+        statuses = []
+        with openai.OpenAI(base_url=gw.openai_url, api_key=key, max_retries=0) as client:
+            for _ in range(20):
+                try:
+                    # no stream_options.include_usage: the backend reports no tokens for these
+                    list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+                    statuses.append(200)
+                except openai.APIStatusError as error:
+                    statuses.append(error.status_code)
+                    break
+        assert statuses[-1] == 402
+        assert 2 <= len(statuses) < 20
