@@ -21,6 +21,7 @@ from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gatewayd import __version__
+from gatewayd.config import AuthMode
 from gatewayd.config.loader import is_loopback_host
 from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound, NotFound, RequestError
 from gatewayd.gateway.core.dialects import error_body, error_status
@@ -41,6 +42,8 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: answered to anyone: liveness and readiness probes, the status page's shell (its data needs a key),
 #: Ollama's version handshake, and the key-refresh nudge (it only makes gatewayd re-read its own store)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/ui", "/api/version", "/keys/refresh"})
+#: with keys required, these need the admin token: they show every key's use and the backends' errors
+OPERATOR_PATHS = frozenset({"/metrics", "/status", "/status/activity"})
 
 
 def create_app(
@@ -69,7 +72,11 @@ def create_app(
             if path.startswith("/admin/"):
                 _same_origin_only(guard)
                 guard.require_admin(headers)
-            elif not guard.is_admin(headers):
+            elif guard.is_admin(headers):
+                pass
+            elif path in OPERATOR_PATHS and guard.settings.mode is AuthMode.KEYS:
+                raise AdminRequired(f"{path} shows every key's use: it needs the admin token")
+            else:
                 guard.authenticate(headers)
         except RequestError as error:
             return _error_response(error)

@@ -76,6 +76,9 @@ def test_without_a_valid_key_requests_are_refused_in_their_dialect(
         assert httpx.get(gw.url + "/v1/models").status_code == 401
         assert httpx.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         assert httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+        for operator_path in ("/metrics", "/status", "/status/activity"):  # every key's use: admin only
+            as_key = httpx.get(gw.url + operator_path, headers={"Authorization": f"Bearer {key}"})
+            assert as_key.status_code == 403
         assert fake_backend_factory  # the refused requests never reached the backend
         assert chat(gw, key).status_code == 200
 
