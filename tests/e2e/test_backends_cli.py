@@ -4,13 +4,12 @@ has a managed backend: the test model server as its command."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.process import REPO_ROOT, GatewaydProcess, gatewayd_cli
+from tests.support.process import REPO_ROOT, GatewaydProcess, gatewayd_cli, process_alive
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +27,6 @@ backends:
     command: [{sys.executable}, -c, "raise SystemExit(3)"]
     models: [x]
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_backends_lists_starts_and_stops_a_managed_backend(tmp_path: Path) -> None:
@@ -61,13 +52,13 @@ def test_backends_lists_starts_and_stops_a_managed_backend(tmp_path: Path) -> No
         assert row["state"] == "running"
         pid = row["pid"]
         assert isinstance(pid, int)
-        assert alive(pid)
+        assert process_alive(pid)
         assert f"pid {pid}" in start.stdout
 
         stop = gatewayd_cli("backends", "stop", "local", state_dir=state)
         assert stop.returncode == 0, stop
         assert "stopped backend local: sleeping" in stop.stdout
-        assert not alive(pid)
+        assert not process_alive(pid)
 
         unknown = gatewayd_cli("backends", "start", "nope", state_dir=state)
         assert unknown.returncode == 1

@@ -22,6 +22,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from tests.support.managed import kill_left_servers
 from tests.support.process import GatewaydProcess, free_port, process_alive, wait_for
 
 MODEL = "tiny"
@@ -90,11 +91,7 @@ def managed_config(tmp_path: Path, model_path: Path) -> Iterator[Path]:
         f"    start_timeout_seconds: {START_TIMEOUT_SECONDS}\n"
     )
     yield path
-    for leftover in (tmp_path / "state" / "backends").glob("*.json"):
-        try:
-            os.killpg(int(json.loads(leftover.read_text())["pgid"]), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, KeyError):
-            pass
+    kill_left_servers(tmp_path / "state")
 
 
 def record(gw: GatewaydProcess) -> dict[str, object] | None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from gatewayd.supervisor.sentinel import last_outcome
+from tests.support.managed import kill_left_servers
 from tests.support.process import REPO_ROOT, GatewaydProcess, process_alive, wait_for
 
 pytestmark = pytest.mark.slow
@@ -74,11 +75,7 @@ def config(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "config.yaml"
     path.write_text(config_text())
     yield path
-    for leftover in (tmp_path / "state" / "backends").glob("*.json"):
-        try:
-            os.killpg(int(json.loads(leftover.read_text())["pgid"]), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, KeyError):
-            pass
+    kill_left_servers(tmp_path / "state")
 
 
 def reload(gw: GatewaydProcess, outcomes_before: int) -> None:

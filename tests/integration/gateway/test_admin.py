@@ -4,50 +4,36 @@ with the test model server run as a real managed command."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import replace
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from gatewayd.config import Backend, BackendKind, Config, Group, HealthSettings, ManagedSettings
+from gatewayd.config import Backend, Group, ManagedSettings
 from gatewayd.gateway.core.scheduler import MemberState
 from tests.support.fake_backend import running_fake_backend
-from tests.support.gateway import RunningGateway, running_gateway
-from tests.support.process import REPO_ROOT
+from tests.support.gateway import RunningGateway
+from tests.support.managed import FAKE_COMMAND, managed_backend, managed_gateway
+from tests.support.process import process_alive
 
 pytestmark = pytest.mark.slow
 
 MODEL = "m"
-FAKE = (sys.executable, "-m", "tests.support.fake_backend", "--port", "${PORT}", "--models")
+FAKE = FAKE_COMMAND
 
 
 def managed(backend_id: str = "local", model: str = MODEL, **changes: object) -> Backend:
-    backend = Backend(
-        id=backend_id,
-        kind=BackendKind.OPENAI,
-        command=(*FAKE, model),
-        cwd=str(REPO_ROOT),
-        models=(model,),
-        start_timeout_seconds=30.0,
-    )
-    return replace(backend, **changes)  # type: ignore[arg-type]
+    return managed_backend(backend_id, model, **changes)
 
 
-@contextmanager
-def gateway(tmp_path: Path, *backends: Backend, **changes: object) -> Iterator[RunningGateway]:
-    config = replace(
-        Config(backends=backends, health=HealthSettings(probe_interval_idle_seconds=0.2)), **changes
-    )  # type: ignore[arg-type]
-    with running_gateway(config, state_dir=tmp_path / "state") as gw:
-        yield gw
+def gateway(tmp_path: Path, *backends: Backend, **changes: object) -> ContextManager[RunningGateway]:
+    return managed_gateway(tmp_path, *backends, **changes)
 
 
 def rows(gw: RunningGateway) -> dict[str, dict[str, Any]]:
@@ -58,14 +44,6 @@ def rows(gw: RunningGateway) -> dict[str, dict[str, Any]]:
 
 def post(gw: RunningGateway, backend_id: str, action: str) -> httpx.Response:
     return httpx.post(f"{gw.url}/admin/backends/{backend_id}/{action}", timeout=60)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -91,7 +69,7 @@ def test_start_then_stop_a_managed_backend(tmp_path: Path) -> None:
         assert row["state"] == "running"
         pid = row["pid"]
         assert isinstance(pid, int)
-        assert alive(pid)
+        assert process_alive(pid)
         assert row["port"] == gw.call(lambda: gw.factory.manager.units["local"].port)
         assert rows(gw)["local"]["state"] == "running"
         assert rows(gw)["local"]["uptime_seconds"] >= 0
@@ -108,7 +86,7 @@ def test_start_then_stop_a_managed_backend(tmp_path: Path) -> None:
         assert stopped.status_code == 200, stopped.text
         assert stopped.json()["state"] == "sleeping"
         assert stopped.json()["pid"] is None
-        assert not alive(pid)
+        assert not process_alive(pid)
         assert rows(gw)["local"]["state"] == "sleeping"
 
 
@@ -186,13 +164,13 @@ def test_group_members_start_and_stop_through_the_scheduler(tmp_path: Path) -> N
         assert "a running" in full.json()["error"]["message"]
         assert member_state("b") is MemberState.STOPPED
         assert rows(gw)["b"]["state"] == "sleeping"
-        assert alive(pid_a)
+        assert process_alive(pid_a)
 
         stopped = post(gw, "a", "stop")
         assert stopped.status_code == 200, stopped.text
         assert stopped.json()["state"] == "sleeping"
         assert member_state("a") is MemberState.STOPPED
-        assert not alive(pid_a)
+        assert not process_alive(pid_a)
 
         started_b = post(gw, "b", "start")
         assert started_b.status_code == 200, started_b.text

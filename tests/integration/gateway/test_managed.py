@@ -8,10 +8,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import replace
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 
 import httpx
@@ -20,8 +18,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from gatewayd.config import Backend, BackendKind, Config, HealthSettings, ManagedSettings, Wake
-from tests.support.gateway import RunningGateway, running_gateway
+from gatewayd.config import Backend, BackendKind, ManagedSettings, Wake
+from tests.support.gateway import RunningGateway
+from tests.support.managed import FAKE_COMMAND, managed_backend, managed_gateway
 from tests.support.process import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -29,28 +28,15 @@ pytestmark = pytest.mark.slow
 MODEL = "m"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 CHAT = {"model": MODEL, "messages": MESSAGES}
-FAKE = (sys.executable, "-m", "tests.support.fake_backend", "--port", "${PORT}", "--models", MODEL)
+FAKE = (*FAKE_COMMAND, MODEL)
 
 
 def managed(backend_id: str = "local", **changes: object) -> Backend:
-    backend = Backend(
-        id=backend_id,
-        kind=BackendKind.OPENAI,
-        command=FAKE,
-        cwd=str(REPO_ROOT),
-        models=(MODEL,),
-        start_timeout_seconds=30.0,
-    )
-    return replace(backend, **changes)  # type: ignore[arg-type]
+    return managed_backend(backend_id, MODEL, **changes)
 
 
-@contextmanager
-def gateway(tmp_path: Path, *backends: Backend, **changes: object) -> Iterator[RunningGateway]:
-    config = replace(
-        Config(backends=backends, health=HealthSettings(probe_interval_idle_seconds=0.2)), **changes
-    )  # type: ignore[arg-type]
-    with running_gateway(config, state_dir=tmp_path / "state") as gw:
-        yield gw
+def gateway(tmp_path: Path, *backends: Backend, **changes: object) -> ContextManager[RunningGateway]:
+    return managed_gateway(tmp_path, *backends, **changes)
 
 
 def log_of(tmp_path: Path, backend_id: str = "local") -> str:
