@@ -159,12 +159,14 @@ class PayloadTooLarge(RequestError):
 
 
 class HttpError(RequestError):
-    """An HTTP-level refusal that is not about the request's content (e.g. 405 for a wrong method)."""
+    """An HTTP-level refusal that is not about the request's content (405 for a wrong method, 409 for an
+    admin action that conflicts with the backend's state, 503 for a store that cannot be used)."""
 
-    def __init__(self, message: str, *, status: int) -> None:
+    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.type = "invalid_request_error" if status < 500 else "server_error"
+        self.code = code
 
 
 class ModelNotFound(RequestError):

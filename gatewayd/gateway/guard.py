@@ -219,7 +219,7 @@ class Guard:
             raise BadRequest(str(error)) from None
         except StoreError as error:
             if "ambiguous" in error.message:
-                raise HttpError(error.message, status=409) from None
+                raise HttpError(error.message, status=409, code="ambiguous_key") from None
             raise HttpError(f"the key store cannot be used: {error.message}", status=503) from error
 
     def _store_now(self) -> Store:
@@ -228,6 +228,8 @@ class Guard:
         return self._store
 
     async def _refresh(self, *, force: bool = False) -> None:
+        if self.settings.mode is AuthMode.OFF and not force:
+            return  # nothing reads the key cache with auth off: no store reads every half second
         try:
             store = await anyio.to_thread.run_sync(self._store_now)
             counter = await anyio.to_thread.run_sync(store.change_counter)

@@ -212,7 +212,7 @@ class InferenceEndpoint:
                 status=exchange.status,
                 attempts=exchange.attempts,
             )
-            self._record(exchange)
+            self._record(exchange, latency, ttft)
 
     async def _send_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
         dialect = exchange.api.dialect
@@ -229,19 +229,15 @@ class InferenceEndpoint:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    def _record(self, exchange: Exchange) -> tuple[float, float | None]:
-        """Metrics, the activity ring and the access log for a finished exchange; (latency, ttft)."""
-        now = time.perf_counter()
+    def _record(self, exchange: Exchange, latency: float, ttft: float | None) -> None:
+        """Metrics, the activity ring and the access log for a finished exchange."""
         metrics = self._metrics
         # an unknown model name is not a label value: clients could otherwise mint series without bound
         model = exchange.model if exchange.model and exchange.status != 404 else "-"
         backend = exchange.backend or "-"
-        latency = now - exchange.received_at
         metrics.requests.inc((model, backend, str(exchange.status)))
         metrics.latency.observe((model,), latency)
-        ttft = None
-        if exchange.first_byte_at is not None:
-            ttft = exchange.first_byte_at - exchange.received_at
+        if ttft is not None:
             metrics.ttft.observe((model,), ttft)
             metrics.overhead.observe((), max(ttft - exchange.upstream_time, 0.0))
         self._activity.record(exchange.api, model, backend, exchange.status, exchange.stream, latency, ttft)
@@ -277,7 +273,6 @@ class InferenceEndpoint:
                 f" error={exchange.error!r}" if exchange.error else "",
                 extra={"fields": fields},
             )
-        return latency, ttft
 
 
 def dialect_of_path(path: str) -> Dialect:

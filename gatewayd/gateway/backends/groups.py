@@ -274,9 +274,7 @@ class GroupDriver:
 
 def conflict(message: str, code: str) -> HttpError:
     """A 409 refusal of an admin action (rendered in the OpenAI error shape with ``code``)."""
-    error = HttpError(message, status=409)
-    error.code = code
-    return error
+    return HttpError(message, status=409, code=code)
 
 
 def _key(group: Group, members: list[ManagedBackend]) -> tuple[object, ...]:
