@@ -40,7 +40,6 @@ class GatewayFactory:
         listen_port: int | None = None,
         environ: Mapping[str, str] = os.environ,
     ) -> None:
-        self._state_dir = state_dir
         self._listen_host = listen_host
         self._listen_port = listen_port
         self._environ = environ

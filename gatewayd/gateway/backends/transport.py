@@ -24,12 +24,8 @@ import anyio
 from gatewayd.config import Timeouts
 from gatewayd.errors import BackendTimeout, BackendUnavailable, BadGateway, Draining
 
-#: pooled connections kept per backend host; beyond it connections are opened and closed per request
-POOL_KEEPALIVE_PER_HOST = 256
 #: a pooled connection unused for this long is closed (backends often close theirs at 5 to 60 s)
 POOL_IDLE_SECONDS = 4.0
-#: largest read handed back in one piece while streaming
-STREAM_READ_BYTES = 64 * 1024
 
 _STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
