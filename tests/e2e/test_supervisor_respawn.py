@@ -152,7 +152,9 @@ def test_a_child_that_exits_at_once_falls_back_quickly(tmp_path: Path) -> None:
         assert outcome is not None
         assert outcome.outcome == "fallback"
         assert "exited with code 3" in outcome.message
-        assert outcome.duration_seconds < 2
+        # noticed when the child exits, not when the 30 s ready timeout runs out (a child's start-up alone
+        # takes seconds on a loaded machine, so the bound is the timeout's half, not a speed figure)
+        assert outcome.duration_seconds < 15
         assert gw.get("/config").json()["generation"] == 2
         assert gw.stop() == 0
 
