@@ -32,6 +32,7 @@ class AccessEdge:
             listen_host=settings.host,
             allowed_hosts=settings.allowed_hosts,
             cors_origins=settings.cors_origins,
+            listen_port=settings.port,
         )
         self._log = access_log_enabled
 

@@ -91,7 +91,12 @@ class AccessPolicy:
     set lookups, so it runs on every request, the inference hot path included."""
 
     def __init__(
-        self, *, listen_host: str, allowed_hosts: Iterable[str], cors_origins: Iterable[str]
+        self,
+        *,
+        listen_host: str,
+        allowed_hosts: Iterable[str],
+        cors_origins: Iterable[str],
+        listen_port: int = 0,
     ) -> None:
         hosts = {host_name(host) for host in allowed_hosts}
         self._any_host = ANY in hosts
@@ -99,6 +104,12 @@ class AccessPolicy:
         if listen not in WILDCARD_HOSTS:
             hosts.add(listen)
         self._hosts = frozenset(hosts | LOOPBACK_NAMES)
+        #: Host headers as clients usually write them ("127.0.0.1:8484"): matched without parsing
+        self._usual = frozenset(
+            f"{f'[{name}]' if ':' in name else name}{suffix}".encode("latin-1")
+            for name in self._hosts
+            for suffix in ("", f":{listen_port}" if listen_port else "")
+        )
         origins = {origin.lower().encode("latin-1") for origin in cors_origins}
         self._any_origin = ANY.encode() in origins
         self._origins = frozenset(origins)
@@ -125,6 +136,8 @@ class AccessPolicy:
         return self._browser_decision(method, path, seen, local_address)
 
     def host_allowed(self, host: bytes, local_address: str | None = None) -> bool:
+        if host in self._usual:
+            return True
         name = host_name(host.decode("latin-1"))
         if name in self._hosts or name == local_address:
             return True
