@@ -76,7 +76,7 @@ def _host_problem(host: str) -> tuple[str, str | None] | None:
         return None
     name, colon, port = text.rpartition(":")
     if colon and port.isdigit() and (_is_address(name.strip("[]")) or _HOSTNAME.fullmatch(name)):
-        return f"'{host}' has a port", f"did you mean '{name.strip('[]')}'? (every port is accepted)"
+        return f"'{host}' has a port", f"did you mean '{name.strip('[]')}'? Every port is accepted"
     if _HOSTNAME.fullmatch(text) and len(text.rstrip(".")) <= 253:
         return None
     return f"'{host}' is not a host name or an address", "e.g. gateway.lan, 192.168.1.20 or ::1"
