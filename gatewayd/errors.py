@@ -18,6 +18,7 @@
         ├── Overloaded                 429 (OpenAI) / 503 (Ollama): queue full or queue wait timed out
         ├── Unauthorized               401: keys are required and none (or no valid one) was sent
         ├── AdminRequired              403: an admin endpoint without the admin token
+        ├── AccessRefused              403: a Host that is not this machine, or a page of another site
         ├── KeyLimitError              the caller's key does not allow this request; carries response headers
         │   ├── ModelNotAllowed        403: the model is not on the key's allow-list
         │   ├── BudgetExceeded         402: the key has used its token budget
@@ -202,6 +203,18 @@ class AdminRequired(RequestError):
     status = 403
     type = "invalid_request_error"
     code = "admin_token_required"
+
+
+class AccessRefused(RequestError):
+    """A request whose Host does not name this machine (DNS rebinding), or that a browser sent on behalf of
+    a page of another site. ``code``: "host_not_allowed" or "cross_site_request"."""
+
+    status = 403
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class KeyLimitError(RequestError):

@@ -49,6 +49,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
+from gatewayd.config.access import access_problems, access_warnings
 from gatewayd.config.schema import AuthMode, Backend, Config, RouteTarget
 from gatewayd.errors import ConfigError, ConfigIssue
 
@@ -153,6 +154,7 @@ def load(
     issues = _in_file_order(issues) + flag_issues
     if issues:
         raise ConfigError(issues)
+    warnings += [at.issue(key, message, hint) for key, message, hint in access_warnings(config)]
     return LoadedConfig(config, tuple(warnings))
 
 
@@ -615,6 +617,7 @@ def _semantic_issues(config: Config, at: _Locations) -> list[ConfigIssue]:
         hint = _did_you_mean(level.lower(), list(LOG_LEVELS)) or f"valid levels: {', '.join(LOG_LEVELS)}"
         issues.append(at.issue("logging.level", f"'{level}' is not one of: {', '.join(LOG_LEVELS)}", hint))
 
+    issues += [at.issue(key, message, hint) for key, message, hint in access_problems(config)]
     issues += _backend_issues(config.backends, at)
     issues += _managed_issues(config, at)
     issues += _route_issues(config, at)

@@ -50,6 +50,10 @@ class ServerSettings:
     max_body_bytes: int = 16 * MIB
     #: idle keep-alive connections are closed after this long
     keep_alive_timeout_seconds: float = 75.0
+    #: Host names (or addresses) requests may name besides loopback and the listen address; "*": any
+    allowed_hosts: tuple[str, ...] = ()
+    #: origins (scheme://host[:port]) of web pages on other sites that may call gatewayd (CORS); "*": any
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,14 +15,12 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gatewayd import __version__
 from gatewayd.config import AuthMode
-from gatewayd.config.loader import is_loopback_host
 from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound, NotFound, RequestError
 from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
@@ -61,16 +59,15 @@ def create_app(
 
     @app.before_request
     async def check_access() -> Response | None:
-        """/admin/* needs the admin token (and, whatever the auth mode, a same-origin request: a web page
-        elsewhere must not drive a local gatewayd). With keys required, everything else but PUBLIC_PATHS
-        needs a valid key or the admin token."""
+        """/admin/* needs the admin token. With keys required, everything else but PUBLIC_PATHS needs a
+        valid key or the admin token. (The Host and browser-origin checks, which keep /admin/* same-origin
+        only, ran before: ``gatewayd.gateway.access``.)"""
         path = request.path
         if path in PUBLIC_PATHS:
             return None
         headers = _scope_headers()
         try:
             if path.startswith("/admin/"):
-                _same_origin_only(guard)
                 guard.require_admin(headers)
             elif guard.is_admin(headers):
                 pass
@@ -300,21 +297,6 @@ def _scope_headers() -> list[tuple[bytes, bytes]]:
     return [
         (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in request.headers.items()
     ]
-
-
-def _same_origin_only(guard: Guard) -> None:
-    """Refuse a request a browser sent on behalf of another site (CSRF): Sec-Fetch-Site cross-site or
-    same-site, or an Origin whose host is not this one. Non-browser clients send neither header. Also a
-    Host that is not a loopback name or address, while admin requests need no token: a page elsewhere that
-    rebinds its own name to 127.0.0.1 controls both Origin and Host, but not this (DNS rebinding)."""
-    host = urlsplit(f"//{request.headers.get('Host', '')}").hostname or ""
-    if not is_loopback_host(host) and guard.settings.admin_token is None:
-        raise AdminRequired("admin requests without a token must name a loopback host (Host: 127.0.0.1:PORT)")
-    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-        raise AdminRequired("admin requests must come from gatewayd's own page or a non-browser client")
-    origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("Host", ""):
-        raise AdminRequired("admin requests must come from gatewayd's own page or a non-browser client")
 
 
 def _error_response(error: RequestError) -> Response:

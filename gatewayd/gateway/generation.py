@@ -11,6 +11,7 @@ from quart import Quart
 
 from gatewayd.config import Config
 from gatewayd.errors import BackendUnavailable, NotFound
+from gatewayd.gateway.access import AccessEdge
 from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.app import model_state
 from gatewayd.gateway.backends.groups import conflict
@@ -53,10 +54,16 @@ class GatewayGeneration:
         self.streams = streams
         self.draining = False
         self._inference = inference
+        #: Host and browser-origin checks and CORS, for every request (see gatewayd.gateway.core.access)
+        self.access = AccessEdge(config.server, access_log_enabled=config.logging.access_log)
         self._in_flight = 0
         self.app: Quart | None = None  # set by the factory once built
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        screened = await self.access.screen(scope, send)
+        if screened is None:
+            return  # refused, or a CORS preflight: answered
+        send = screened
         api = INFERENCE_ROUTES.get(scope["path"]) if scope["method"] == "POST" else None
         self._in_flight += 1
         try:

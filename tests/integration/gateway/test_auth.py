@@ -61,7 +61,8 @@ def chat(gw: RunningGateway, key: str | None, path: str = "/v1/chat/completions"
 def test_without_a_valid_key_requests_are_refused_in_their_dialect(
     tmp_path: Path, fake_backend_factory: FakeBackendFactory
 ) -> None:
-    with gateway(tmp_path, fake_backend_factory(models=(MODEL,))) as gw:
+    fake = fake_backend_factory(models=(MODEL,))
+    with gateway(tmp_path, fake) as gw:
         _, key = create_key(gw)
         missing = chat(gw, None)
         assert missing.status_code == 401
@@ -79,8 +80,9 @@ def test_without_a_valid_key_requests_are_refused_in_their_dialect(
         for operator_path in ("/metrics", "/status", "/status/activity"):  # every key's use: admin only
             as_key = httpx.get(gw.url + operator_path, headers={"Authorization": f"Bearer {key}"})
             assert as_key.status_code == 403
-        assert fake_backend_factory  # the refused requests never reached the backend
+        assert fake.stats().count("/v1/chat/completions") == 0  # the refused requests never reached it
         assert chat(gw, key).status_code == 200
+        assert fake.stats().count("/v1/chat/completions") == 1
 
 
 def test_the_official_clients_use_a_key_and_a_revoked_key_is_refused_at_once(

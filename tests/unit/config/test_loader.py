@@ -596,7 +596,8 @@ def test_a_loopback_host_flag_replaces_a_public_host_in_the_file(tmp_path: Path)
 
 
 def test_with_keys_required_a_public_host_is_allowed(tmp_path: Path) -> None:
-    loaded = load_text(tmp_path, "auth:\n  mode: keys\nserver:\n  host: 0.0.0.0\n", {HOST_ENV: "::"})
+    text = "auth:\n  mode: keys\nserver:\n  host: 0.0.0.0\n  allowed_hosts: [gateway.lan]\n"
+    loaded = load_text(tmp_path, text, {HOST_ENV: "::"})
     assert loaded.config.server.host == "::"
     assert loaded.warnings == ()
 
@@ -697,6 +698,6 @@ def test_redacted_hides_every_api_key_and_is_plain_data(tmp_path: Path) -> None:
     text = json.dumps(plain)
     assert "secret" not in text
     assert plain["source"] == str(tmp_path / "config.yaml")
-    assert plain["server"] == dataclasses.asdict(config.server)
+    assert plain["server"] == json.loads(json.dumps(dataclasses.asdict(config.server)))  # tuples as lists
     assert plain["restart"]["mode"] == "in-process"
     assert plain["discovery"]["ports"][0] == [11434, "ollama"]
