@@ -25,7 +25,7 @@ def test_no_file_gives_the_defaults() -> None:
 
 
 @pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "---\n", "~\n", "\n\n  \n"])
-def test_a_file_that_holds_no_settings_is_refused_not_taken_for_the_defaults(tmp_path: Path, text: str) -> None:
+def test_a_file_that_holds_no_settings_is_refused_not_taken_for_defaults(tmp_path: Path, text: str) -> None:
     # a file cut short must not become the defaults (every route dropped, auth off)
     path = write_config(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
