@@ -5,7 +5,8 @@
     ├── InstanceError                  about the running instance, for the CLI and the run loop
     │   ├── AlreadyRunning             another healthy instance holds the port lock
     │   ├── NotRunning                 no instance found in the state directory
-    │   └── StartupError               the first generation could not start
+    │   └── StartupError               a generation could not start (at start: the process exits; at a
+    │                                  reload: the old one keeps serving); says what failed and the fix
     ├── ReloadError                    a reload or respawn failed (the old generation keeps serving)
     ├── StoreError                     the key/usage store cannot be used (cannot open, locked, corrupt)
     │   └── KeyNotFound                no key matches the id, prefix or name given
@@ -109,7 +110,8 @@ class NotRunning(InstanceError):
 
 
 class StartupError(InstanceError):
-    """The first generation could not start."""
+    """A generation could not start: the first one (the process exits 1), or a reload's (the serving one
+    keeps serving). The message names what failed (the backend, when one did) and how to fix it."""
 
 
 class ReloadError(GatewaydError):

@@ -30,6 +30,7 @@ from rich.text import Text
 
 from gatewayd.cli.output import stderr_console, stdout_console
 from gatewayd.config import LogFormat, LoggingSettings
+from gatewayd.config.compare import ConfigChanges, NameChanges
 from gatewayd.config.loader import load
 from gatewayd.config.paths import resolve_config_path, resolve_state_dir
 from gatewayd.errors import (
@@ -42,6 +43,7 @@ from gatewayd.errors import (
 from gatewayd.supervisor.diagnostics import EventRing
 from gatewayd.supervisor.portlock import LockRecord, holder_alive, read_record, running_instances
 from gatewayd.supervisor.sentinel import (
+    ALLOW_WEAKER_FLAG,
     ReloadOutcome,
     cancel_reload_request,
     last_outcome,
@@ -211,15 +213,22 @@ def _signal(record: LockRecord, signum: signal.Signals) -> None:
 @click.option(
     "--respawn", is_flag=True, help="Start a fresh process (after an upgrade) instead of the configured mode."
 )
+@click.option(
+    "--allow-weaker",
+    is_flag=True,
+    help="Apply a config that lowers protection (auth turned off, the admin API opened); refused otherwise.",
+)
 @click.option("--timeout", type=float, default=RESTART_TIMEOUT_SECONDS, show_default=True, metavar="S",
               help="Seconds to wait for the outcome.")  # fmt: skip
 @_port_option
 @_state_dir_option
-def restart(respawn: bool, timeout: float, port: int | None, state_dir: str | None) -> None:
-    """Reload the running instance's config (SIGUSR1) and report the outcome."""
+def restart(
+    respawn: bool, allow_weaker: bool, timeout: float, port: int | None, state_dir: str | None
+) -> None:
+    """Reload the running instance's config (SIGUSR1) and report the outcome and what changed."""
     state = resolve_state_dir(state_dir, os.environ)
     record = find_instance(state, port)
-    request = submit_reload_request(state, record.port, respawn=respawn)
+    request = submit_reload_request(state, record.port, respawn=respawn, allow_weaker=allow_weaker)
     try:
         _signal(record, signal.SIGUSR1)
     except InstanceError:
@@ -256,8 +265,45 @@ def format_outcome(outcome: ReloadOutcome) -> Text:
     for error in outcome.errors:
         text.append("\n  ")
         text.append(error)
-    if outcome.outcome == "rejected":
+    if outcome.outcome == "rejected" and ALLOW_WEAKER_FLAG not in outcome.message:
         text.append("\n  the running config is unchanged; fix the file and run `gatewayd restart` again")
+    if outcome.bundle is not None:
+        text.append(f"\n  diagnostic bundle: {outcome.bundle}")
+    if outcome.changes is None:
+        return text
+    text.append("\n")
+    text.append_text(format_changes(outcome.changes, applied=outcome.outcome in ("ok", "fallback")))
+    return text
+
+
+def format_changes(changes: ConfigChanges, *, applied: bool) -> Text:
+    """The change summary: one line per kind (backends, routes, keys) with what was added, removed and
+    changed, and one for the other sections that changed. ``applied``: the new config serves."""
+    title = "changes" if applied else "changes not applied"
+    text = Text(f"  {title}:", style="bold")
+    if not changes:
+        text.append(" none", style="dim")
+        return text
+    for kind in ("backends", "routes", "keys"):
+        names: NameChanges = getattr(changes, kind)
+        if not names:
+            continue
+        text.append(f"\n    {kind}: ", style="bold")
+        parts = [
+            (label, items, style)
+            for label, items, style in (
+                ("added", names.added, "green"),
+                ("removed", names.removed, "red"),
+                ("changed", names.changed, "yellow"),
+            )
+            if items
+        ]
+        for index, (label, items, style) in enumerate(parts):
+            text.append(("; " if index else "") + label, style=style)
+            text.append(" " + ", ".join(items))
+    if changes.settings:
+        text.append("\n    settings: ", style="bold")
+        text.append(", ".join(changes.settings))
     return text
 
 

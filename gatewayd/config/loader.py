@@ -60,6 +60,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 API_KEY_ENV_PREFIX = "env:"
 #: what ``redacted`` shows in place of an API key
 REDACTED = "***"
+#: keys and admin tokens shorter than this are warned about (a guessable secret)
+MIN_SECRET_CHARS = 16
+EMPTY_FILE_MESSAGE = "the file holds no settings (it is empty or only comments)"
 
 _BACKEND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SECRET_FIELDS = frozenset({"api_key", "key", "admin_token"})
@@ -142,7 +145,9 @@ def load(
         raise ConfigError(_in_file_order(issues))
     config, key_issues = _resolve_api_keys(config, environ, at)
     issues += [*key_issues, *_semantic_issues(config, at)]
+    secret_warnings = [] if key_issues else _short_secret_warnings(config, at)
     config, warnings = _apply_environment(config, environ)
+    warnings = [*secret_warnings, *warnings]
     config, flag_issues = _apply_flags(config, listen_host, listen_port)
     public = not is_loopback_host(config.server.host)
     if not flag_issues and public and config.auth.mode is not AuthMode.KEYS:
@@ -246,9 +251,18 @@ class _NodeReader:
         self._resolver = Resolver()
 
     def config(self, root: Node | None) -> Config | _Invalid:
-        """The Config the whole file spells; an empty file (or document) is the defaults."""
+        """The Config the whole file spells. A file that holds nothing (empty, only comments, a bare
+        ``---`` or null) is refused: a file cut short (a failed write, ``: > config.yaml``) must not
+        become the built-in defaults, which drop every route and turn auth off. ``{}`` asks for the
+        defaults on purpose."""
         if root is None or _is_null(root):
-            return Config(source=self.source)
+            hint = (
+                "write settings into it ('gatewayd init' writes a commented example); for the built-in "
+                "defaults on purpose write {} in it, or run without a config file"
+            )
+            line = None if root is None else _line(root)
+            self.issues.append(ConfigIssue(self.source, EMPTY_FILE_MESSAGE, line=line, hint=hint))
+            return INVALID
         if not isinstance(root, MappingNode):
             hint = "the file is a mapping of sections such as server:, backends: and routes:"
             self._issue(root, "", f"expected a mapping at the top level, found {_describe(root)}", hint)
@@ -645,6 +659,16 @@ def _backend_issues(backends: tuple[Backend, ...], at: _Locations) -> list[Confi
         if url_problem:
             hint = "for example http://127.0.0.1:8080 or https://api.example.com/v1"
             issues.append(at.issue(f"{key}.url", url_problem, hint))
+        if backend.api_key is not None and _has_userinfo(backend.url):
+            hint = (
+                "keep one: remove 'user:password@' from the url to send api_key as a Bearer token, or "
+                "remove api_key to send the url's user and password as Basic auth"
+            )
+            message = (
+                f"backend '{backend.id}': the url carries a user and password and api_key is set too; "
+                "both would be its Authorization header"
+            )
+            issues.append(at.issue(f"{key}.url", message, hint))
         if backend.models == ():
             hint = "list the models it serves, or remove models: to discover them from the backend"
             issues.append(at.issue(f"{key}.models", "the list of models is empty", hint))
@@ -708,6 +732,29 @@ def _managed_issues(config: Config, at: _Locations) -> list[ConfigIssue]:
         if backend.wake is not None and backend.wake.url is None and backend.wake.command is None:
             issues.append(at.issue(f"{key}.wake", "the wake action needs a url:, a command: or both"))
     return issues
+
+
+def _has_userinfo(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False  # reported as an invalid url
+    return parts.username is not None or parts.password is not None
+
+
+def _short_secret_warnings(config: Config, at: _Locations) -> list[ConfigIssue]:
+    """Warnings (not errors: a short key still works) for secrets short enough to guess."""
+    secrets: list[tuple[str, str, str | None]] = [
+        (f"keys[{i}].key", f"key '{k.name}'", k.key) for i, k in enumerate(config.keys)
+    ]
+    secrets.append(("auth.admin_token", "the admin token", config.auth.admin_token))
+    warnings: list[ConfigIssue] = []
+    for key, what, secret in secrets:
+        if secret is not None and len(secret) < MIN_SECRET_CHARS:
+            message = f"{what} is {len(secret)} characters long, under {MIN_SECRET_CHARS}: easy to guess"
+            hint = "use a long random value, e.g. one printed by 'openssl rand -hex 24'"
+            warnings.append(at.issue(key, message, hint))
+    return warnings
 
 
 def _url_problem(url: str) -> str | None:

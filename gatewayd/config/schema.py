@@ -307,6 +307,9 @@ class AuthSettings:
     #: guards the admin API (/admin/*, key management, the status page's actions); literal or "env:NAME".
     #: With auth off and no token, the admin API is open to loopback clients only.
     admin_token: str | None = field(default=None, repr=False)
+    #: POST /keys/refresh (public) re-reads the key store at most once per this long; concurrent calls
+    #: share one re-read, and each call returns once a re-read that began after it is done
+    key_refresh_min_interval_seconds: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)

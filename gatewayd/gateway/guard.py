@@ -3,9 +3,10 @@
 One ``Guard`` lives as long as the gateway factory, so a reload keeps the key cache, the limit windows and
 the usage buffer. Keys are looked up in an in-memory cache of the store's active keys (by their SHA-256
 digest), refreshed when the store's change counter moves (checked every ``KEY_REFRESH_INTERVAL_SECONDS``,
-and at once after a change made through this process's admin API). If the store cannot be read, the keys
-already known keep working: a storage problem never becomes an outage. After a restart the limit windows
-and budgets are restored from the usage record.
+and at once after a change made through this process's admin API or a nudge on POST /keys/refresh; nudges
+are coalesced to one re-read per ``auth.key_refresh_min_interval_seconds``, since that endpoint is public).
+If the store cannot be read, the keys already known keep working: a storage problem never becomes an
+outage. After a restart the limit windows and budgets are restored from the usage record.
 
 When ``auth.mode`` is off, ``authenticate`` returns None without looking at anything, so the hot path pays
 one comparison.
@@ -35,6 +36,7 @@ from gatewayd.errors import (
     StoreError,
     Unauthorized,
 )
+from gatewayd.gateway.coalesce import CoalescedRefresh
 from gatewayd.gateway.core.limits import Grant, KeyPolicy, Limiter, estimate_tokens
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.store.db import Store
@@ -86,7 +88,12 @@ class Guard:
         self._keys: dict[bytes, KeyRecord] = {}
         self._counter: int | None = None
         self._refresh_now = anyio.Event()
-        self._refresh_lock = anyio.Lock()
+        self._nudges = CoalescedRefresh(
+            lambda: self._refresh(force=True),
+            min_interval_seconds=lambda: self.settings.key_refresh_min_interval_seconds,
+        )
+        #: full re-reads of the active keys from the store (for tests and diagnostics)
+        self.key_reads = 0
         #: whether the last read of the store failed (its warning is logged once per outage)
         self._store_unreadable = False
         #: keys whose limit state was restored from the usage record (set once the restore is done)
@@ -148,10 +155,10 @@ class Guard:
         return warnings
 
     async def refresh_keys(self) -> None:
-        """Re-read the keys now (a key was created or revoked, here or by the CLI). Concurrent calls share
-        one read: a caller that arrives while one runs waits for the next."""
-        async with self._refresh_lock:
-            await self._refresh(force=True)
+        """Re-read the keys (a key was created or revoked, here or by the CLI); returns once a re-read that
+        began after the call is done, so the change is seen. Concurrent calls share one re-read, and
+        re-reads are at least ``auth.key_refresh_min_interval_seconds`` apart (see CoalescedRefresh)."""
+        await self._nudges.request()
 
     async def list_keys(self) -> list[KeyRecord]:
         return await self._in_store(lambda store: store.list_keys())
@@ -235,6 +242,7 @@ class Guard:
             counter = await anyio.to_thread.run_sync(store.change_counter)
             if counter == self._counter and not force:
                 return
+            self.key_reads += 1
             keys = await anyio.to_thread.run_sync(store.all_active_keys)
         except (GatewaydError, OSError) as error:
             if not self._store_unreadable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import anyio
 
 from gatewayd.config import AffinitySettings, Config
 from gatewayd.config.loader import load
+from gatewayd.errors import GatewaydError, StartupError
 from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.app import create_app
 from gatewayd.gateway.backends.manager import BackendManager
@@ -83,7 +84,23 @@ class GatewayFactory:
     async def generation(
         self, config: Config, *, number: int, instance: Any
     ) -> AsyncIterator[GatewayGeneration]:
-        """Build, start and yield a generation; on exit stop its probes and close its upstream connections."""
+        """Build, start and yield a generation; on exit stop its probes and close its upstream connections.
+        Raises StartupError, saying what failed (and naming the backend when one did), for any failure
+        while building it; a failure after it was yielded propagates as it is."""
+        started = False
+        try:
+            async with self._generation(config, number=number, instance=instance) as generation:
+                started = True
+                yield generation
+        except Exception as error:
+            if started:
+                raise
+            raise _startup_error(error) from error
+
+    @asynccontextmanager
+    async def _generation(
+        self, config: Config, *, number: int, instance: Any
+    ) -> AsyncIterator[GatewayGeneration]:
         metrics = self.metrics
         for warning in await self.guard.configure(config):
             log.warning("keys: %s", warning)
@@ -142,6 +159,30 @@ class GatewayFactory:
             self._affinity = AffinityTable(max_entries=settings.max_entries, ttl_seconds=settings.ttl_seconds)
             self._affinity_limits = limits
         return self._affinity
+
+
+def _startup_error(error: Exception) -> StartupError:
+    """One StartupError for whatever failed while a generation was built. A task group's exception group
+    is unwrapped (its first StartupError, else its first error); a gatewayd error keeps its message."""
+    leaves = list(_leaves(error))
+    first = next((leaf for leaf in leaves if isinstance(leaf, StartupError)), leaves[0] if leaves else error)
+    if isinstance(first, StartupError):
+        return first
+    log.debug("building a generation failed", exc_info=error)
+    if isinstance(first, GatewaydError):
+        return StartupError(first.message)
+    return StartupError(
+        f"building the gateway failed ({type(first).__name__}: {first}): validate the config with "
+        "`gatewayd check`; the traceback is logged with logging.level: debug"
+    )
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def _log_inventory(generation: GatewayGeneration) -> None:

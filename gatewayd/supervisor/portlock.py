@@ -151,10 +151,12 @@ class PortLock:
     def acquire(self, *, timeout_seconds: float = 1.0) -> None:
         """Take the lock, retrying for up to ``timeout_seconds`` while another process holds it.
 
-        Creates the state directory (mode 0700) if missing. Raises ``AlreadyRunning`` naming the holder when
-        the lock stays held: the live instance from the record, or, when the record names a process that is
-        gone, whichever process still has the lock file open (an orphaned child that inherited it). Raises
-        OSError if the state directory or the lock file cannot be created. Blocks the calling thread.
+        A record left by a holder that died without releasing (killed, crashed) means a stale lock was taken
+        over: that is logged as a warning naming the dead holder. Creates the state directory (mode 0700) if
+        missing. Raises ``AlreadyRunning`` naming the holder when the lock stays held: the live instance
+        from the record, or, when the record names a process that is gone, whichever process still has the
+        lock file open (an orphaned child that inherited it). Raises OSError if the state directory or the
+        lock file cannot be created. Blocks the calling thread.
         """
         if self._fd is not None:
             raise RuntimeError(f"the lock for port {self.port} is already held by this PortLock")
@@ -170,6 +172,24 @@ class PortLock:
             os.close(fd)
             raise
         self._fd = fd
+        self._log_takeover()
+
+    def _log_takeover(self) -> None:
+        """Warn if the record left behind names another holder: it died holding the lock."""
+        record = read_record(self.state_dir, self.port)
+        if record is None or (record.pid == os.getpid() and holder_alive(record)):
+            return  # no record, or this very process's own
+        logger.warning(
+            "took over the lock for port %d from a holder that is gone: pid %d (%s), gatewayd %s, started "
+            "%s, generation %d, config %s; it exited without releasing the lock (killed or crashed)",
+            self.port,
+            record.pid,
+            _why_gone(record),
+            record.version,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.started_at)),
+            record.generation,
+            record.config_path or "built-in defaults",
+        )
 
     @classmethod
     def inherit(cls, state_dir: Path, port: int, fd: int) -> PortLock:
@@ -280,6 +300,21 @@ def processes_holding(path: Path) -> list[tuple[int, str]]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+def _why_gone(record: LockRecord) -> str:
+    """Why the process ``record`` names is not its holder any more (for a log line)."""
+    try:
+        process = psutil.Process(record.pid)
+        if abs(process.create_time() - record.create_time) > CREATE_TIME_TOLERANCE_SECONDS:
+            return "no such process; its pid now belongs to another one"
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return "exited, not yet reaped"
+    except psutil.NoSuchProcess:
+        return "no such process"
+    except psutil.AccessDenied:
+        pass
+    return "no longer holds the lock"
 
 
 def holder_alive(record: LockRecord) -> bool:

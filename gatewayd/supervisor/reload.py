@@ -1,7 +1,8 @@
 """One reload, from "reload wanted" to a recorded outcome.
 
-    take the pending request files (ids, respawn?)  ->  RELOADING=1
+    take the pending request files (ids, respawn?, allow weaker?)  ->  RELOADING=1
     load and validate the config                    invalid: log each error, outcome "rejected", keep serving
+    compare it with the serving one                 lowers protection and not allowed: outcome "rejected"
     respawn (asked for, or restart.mode: respawn)   not under launchd; child ready: MAINPID=, outcome "ok",
                                                     then the run loop hands off and exits
                                                     child unhealthy: killed, bundle, go on in process
@@ -9,9 +10,11 @@
                 publish it, retire the old one      outcome "ok" (or "fallback" after a failed respawn)
     record the outcome; READY=1
 
-Every path records exactly one outcome and returns; nothing escapes ``Reloader.reload`` but cancellation
-(a stop began), and even then the outcome ("error": interrupted) is recorded first, shielded. So a failed,
-rejected or interrupted reload can never leave the run loop unable to reload again.
+The outcome carries the change summary (config.compare) and names the diagnostic bundle of a failure, which
+is written before the outcome is recorded. Every path records exactly one outcome and returns; nothing
+escapes ``Reloader.reload`` but cancellation (a stop began), and even then the outcome ("error":
+interrupted) is recorded first, shielded. So a failed, rejected or interrupted reload can never leave the
+run loop unable to reload again.
 """
 
 from __future__ import annotations
@@ -20,16 +23,23 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
 from gatewayd.config import AuthMode, Config, RestartMode
+from gatewayd.config.compare import ConfigChanges, changes, weakenings
 from gatewayd.config.loader import is_loopback_host
 from gatewayd.errors import ConfigError, ReloadError
 from gatewayd.supervisor.respawn import spawn_ready_child
-from gatewayd.supervisor.sentinel import ReloadOutcome, record_outcome, take_reload_requests
+from gatewayd.supervisor.sentinel import (
+    ALLOW_WEAKER_FLAG,
+    ReloadOutcome,
+    record_outcome,
+    take_reload_requests,
+)
 from gatewayd.supervisor.service import ServiceManager
 
 if TYPE_CHECKING:
@@ -38,6 +48,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("gatewayd.supervisor")
 
 LAUNCHD_NOTE = "respawn skipped under launchd (it kills a fresh-PID child with the job); restarted in process"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The serving generation failed: restart it from the config it served, and report why."""
+
+    config: Config
+    error: BaseException
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,8 @@ class _Attempt:
         errors: tuple[str, ...] = (),
         new_pid: int | None = None,
         generation: int | None = None,
+        config_changes: ConfigChanges | None = None,
+        bundle: Path | None = None,
     ) -> ReloadOutcome:
         return ReloadOutcome(
             request_ids=self.request_ids,
@@ -75,6 +95,8 @@ class _Attempt:
             generation=self.old_generation if generation is None else generation,
             started_at=self.started_at,
             duration_seconds=round(time.monotonic() - self.started_monotonic, 6),
+            changes=config_changes,
+            bundle=None if bundle is None else str(bundle),
         )
 
 
@@ -84,10 +106,11 @@ class Reloader:
     def __init__(self, loop: RunLoop) -> None:
         self.loop = loop
 
-    async def reload(self, recovery: Config | None = None) -> None:
+    async def reload(self, recovery: Recovery | None = None) -> None:
         """One reload. Returns when its outcome is recorded (and, after a respawn, the handoff has begun).
-        ``recovery``: the serving generation failed; start a new one, in process, from this config (the one
-        it served) instead of reading the file, which may have changed since. Raises only cancellation."""
+        ``recovery``: the serving generation failed; write its bundle, then start a new one, in process,
+        from the config it served instead of reading the file, which may have changed since. Raises only
+        cancellation."""
         loop = self.loop
         state_dir, port = loop.options.state_dir, loop.instance.port
         try:
@@ -96,6 +119,7 @@ class Reloader:
             log.warning("cannot read pending reload requests: %s", error)
             requests = []
         respawn_requested = any(request.respawn for request in requests)
+        allow_weaker = any(request.allow_weaker for request in requests)
         if recovery is not None:
             reason = "recovery"
         elif requests:
@@ -122,7 +146,7 @@ class Reloader:
         handoff = False
         cancelled = False
         try:
-            outcome, handoff = await self._reload(attempt, respawn_requested, recovery)
+            outcome, handoff = await self._reload(attempt, respawn_requested, allow_weaker, recovery)
         except anyio.get_cancelled_exc_class():
             cancelled = True
             outcome = attempt.outcome(
@@ -131,8 +155,8 @@ class Reloader:
             raise
         except Exception as error:
             log.exception("reload failed")
-            outcome = attempt.outcome("error", f"reload failed: {error}")
-            loop.write_bundle_soon("reload-failed", error)
+            bundle = await loop.write_bundle("reload-failed", error)
+            outcome = attempt.outcome("error", f"reload failed: {error}", bundle=bundle)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._record(outcome)
@@ -155,12 +179,15 @@ class Reloader:
             log.error("cannot record the reload outcome: %s", error)
 
     async def _reload(
-        self, attempt: _Attempt, respawn_requested: bool, recovery: Config | None
+        self, attempt: _Attempt, respawn_requested: bool, allow_weaker: bool, recovery: Recovery | None
     ) -> tuple[ReloadOutcome, bool]:
         loop = self.loop
+        bundle: Path | None = None
+        if recovery is not None:
+            bundle = await loop.write_bundle("generation-failed", recovery.error)
         try:
             if recovery is not None:
-                config = recovery
+                config = recovery.config
             else:
                 config = await anyio.to_thread.run_sync(loop.factory.load_config, loop.options.config_path)
         except ConfigError as error:
@@ -184,38 +211,82 @@ class Reloader:
             )
             log.error("config: %s", message)
             return attempt.outcome("rejected", message, errors=(message,)), False
-        respawn = recovery is None and (respawn_requested or config.restart.mode is RestartMode.RESPAWN)
+        summary = changes(loop.config, config)
         notes: list[str] = []
+        refused = self._check_protection(attempt, config, summary, allow_weaker, notes)
+        if refused is not None:
+            return refused, False
+        respawn = recovery is None and (respawn_requested or config.restart.mode is RestartMode.RESPAWN)
         if respawn and loop.service_manager is ServiceManager.LAUNCHD:
             respawn = False
             notes.append(LAUNCHD_NOTE)
-        fallback: str | None = None
+        fallback: ReloadError | None = None
         if respawn:
             try:
-                return await self._respawn(attempt, config), True
+                return await self._respawn(attempt, config, summary, notes), True
             except ReloadError as error:
-                fallback = str(error)
+                fallback = error
                 log.warning("%s; restarting in process instead", error)
-                loop.write_bundle_soon("respawn-failed", error)
                 notes.append(f"{error}; restarted in process")
         number = loop.instance.generation + 1
         try:
             runner = await loop.start_generation(config, number)
         except Exception as error:
             log.error("generation %d failed to start: %s", number, error)
-            loop.write_bundle_soon("reload-failed", error)
+            if fallback is not None:
+                await loop.write_bundle("respawn-failed", fallback)
+            bundle = await loop.write_bundle("reload-failed", error)
             serving = attempt.old_generation
             message = f"generation {number} failed to start: {error}; still serving generation {serving}"
-            return attempt.outcome("error", "; ".join([*notes, message]), mode="in-process"), False
+            return attempt.outcome(
+                "error",
+                "; ".join([*notes, message]),
+                mode="in-process",
+                config_changes=summary,
+                bundle=bundle,
+            ), False
         loop.publish(runner)
         await loop.write_record()
+        if fallback is not None:  # written once the new generation serves: it does not delay it
+            bundle = await loop.write_bundle("respawn-failed", fallback)
         message = "; ".join([*notes, f"generation {number} serving"])
         kind = "fallback" if fallback is not None else "ok"
         return attempt.outcome(
-            kind, message, mode="respawn" if fallback else "in-process", generation=number
+            kind,
+            message,
+            mode="respawn" if fallback is not None else "in-process",
+            generation=number,
+            config_changes=summary,
+            bundle=bundle,
         ), False
 
-    async def _respawn(self, attempt: _Attempt, config: Config) -> ReloadOutcome:
+    def _check_protection(
+        self,
+        attempt: _Attempt,
+        config: Config,
+        summary: ConfigChanges,
+        allow_weaker: bool,
+        notes: list[str],
+    ) -> ReloadOutcome | None:
+        """The "rejected" outcome if ``config`` lowers protection against the serving one and that was not
+        allowed; None if it may go on (a lowering that was allowed is logged and added to ``notes``)."""
+        weaker = weakenings(self.loop.config, config)
+        if weaker and not allow_weaker:
+            message = (
+                f"the new config lowers protection; still serving generation {attempt.old_generation}. "
+                f"To apply it on purpose: `gatewayd restart {ALLOW_WEAKER_FLAG}`, or stop and start gatewayd"
+            )
+            for reason in weaker:
+                log.error("config: %s (refused: %s to apply it)", reason, ALLOW_WEAKER_FLAG)
+            return attempt.outcome("rejected", message, errors=tuple(weaker), config_changes=summary)
+        for reason in weaker:
+            log.warning("config: protection lowered on purpose (%s): %s", ALLOW_WEAKER_FLAG, reason)
+            notes.append(f"protection lowered on purpose: {reason}")
+        return None
+
+    async def _respawn(
+        self, attempt: _Attempt, config: Config, summary: ConfigChanges, notes: list[str]
+    ) -> ReloadOutcome:
         """Start a child that takes over; return the "ok" outcome once it is ready. Raises ReloadError."""
         loop = self.loop
         instance = loop.instance
@@ -236,10 +307,11 @@ class Reloader:
             loop.notifier.hand_over(child.pid)
         return attempt.outcome(
             "ok",
-            f"respawned: pid {child.pid} serves generation {instance.generation + 1}",
+            "; ".join([*notes, f"respawned: pid {child.pid} serves generation {instance.generation + 1}"]),
             mode="respawn",
             new_pid=child.pid,
             generation=instance.generation + 1,
+            config_changes=summary,
         )
 
     def _warn_if_listen_changed(self, config: Config) -> None:

@@ -56,7 +56,7 @@ from gatewayd.supervisor.listeners import (
 )
 from gatewayd.supervisor.notify import Notifier
 from gatewayd.supervisor.portlock import PortLock
-from gatewayd.supervisor.reload import Reloader
+from gatewayd.supervisor.reload import Recovery, Reloader
 from gatewayd.supervisor.respawn import Inheritance, announce_ready, take_inheritance
 from gatewayd.supervisor.server import HttpServer
 from gatewayd.supervisor.service import ServiceManager
@@ -222,8 +222,8 @@ class RunLoop:
         self._lifecycle_done: anyio.Event | None = None
         self._reload_wanted: anyio.Event | None = None
         self._record_lock: anyio.Lock | None = None
-        #: set when the serving generation failed: the next reload restarts it from this config
-        self._recovery: Config | None = None
+        #: set when the serving generation failed: the next reload restarts it from the config it served
+        self._recovery: Recovery | None = None
         self._stopping = False
         self._handoff = False
         #: the signal that asked to stop (None for a handoff or an internal stop)
@@ -426,8 +426,8 @@ class RunLoop:
             log.error(
                 "the serving generation %d failed (%s); reloading the same config", runner.number, error
             )
-            self.write_bundle_soon("generation-failed", error)
-            self._recovery = runner.config  # the config it served, not the file, which may have changed
+            # the config it served, not the file, which may have changed; the reload writes the bundle
+            self._recovery = Recovery(runner.config, error)
             self._request_reload("generation failure")
 
     # -- stop -----------------------------------------------------------------------------------------
@@ -545,14 +545,12 @@ class RunLoop:
         log.warning("diagnostic bundle written: %s", path)
         return path
 
-    def write_bundle_soon(self, reason: str, error: BaseException | str | None) -> None:
-        """``bundle`` on a worker thread, from the event loop, without waiting for it."""
-        assert self._task_group is not None
-
-        async def write() -> None:
-            await anyio.to_thread.run_sync(self.bundle, reason, error)
-
-        self._task_group.start_soon(write)
+    async def write_bundle(self, reason: str, error: BaseException | str | None) -> Path | None:
+        """``bundle`` on a worker thread; returns once it is on disk (None if it could not be written), so
+        that an outcome recorded afterwards can name it. Shielded: a bundle is what a failure leaves."""
+        with anyio.CancelScope(shield=True):
+            path = await anyio.to_thread.run_sync(self.bundle, reason, error)
+        return path
 
     def _force_exit_bundle(self) -> None:
         # runs on the watchdog thread while the loop may be wedged: only read state, never await

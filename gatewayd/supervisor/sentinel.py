@@ -5,9 +5,11 @@
     reload-<port>.json                 the latest outcome
     reload-<port>.jsonl                outcome history, one JSON object a line, newest last, at most 200 lines
 
-A signal carries no payload; the request file tells the daemon who asked and how (respawn or not), and its
-id lets the CLI find the outcome of *its* request in the history. A SIGUSR1 with no pending request (from
-``kill`` or systemd) is a reload with reason "signal" or "systemd" and no request ids.
+A signal carries no payload; the request file tells the daemon who asked and how (respawn or not; whether a
+config that lowers protection may be applied), and its id lets the CLI find the outcome of *its* request in
+the history. The outcome names what the reload changed and, when one was written, the diagnostic bundle
+(written before the outcome is recorded, so a reader of the outcome finds the bundle). A SIGUSR1 with no
+pending request (from ``kill`` or systemd) is a reload with reason "signal" or "systemd" and no request ids.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
+from gatewayd.config.compare import ConfigChanges
 from gatewayd.errors import ReloadError
 from gatewayd.supervisor.statedir import (
     ensure_private_dir,
@@ -37,6 +40,9 @@ HISTORY_LIMIT = 200
 #: how often ``wait_for_outcome`` looks at the history
 OUTCOME_POLL_INTERVAL_SECONDS = 0.05
 
+#: the ``gatewayd restart`` flag that sets ``ReloadRequest.allow_weaker``
+ALLOW_WEAKER_FLAG = "--allow-weaker"
+
 RELOAD_MODES = frozenset({"in-process", "respawn"})
 RELOAD_REASONS = frozenset({"signal", "cli", "systemd", "recovery"})
 RELOAD_RESULTS = frozenset({"ok", "rejected", "error", "fallback"})
@@ -51,6 +57,8 @@ class ReloadRequest:
     respawn: bool
     requested_at: float
     requested_by_pid: int
+    #: the caller allows a config that lowers protection (``gatewayd restart --allow-weaker``)
+    allow_weaker: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,10 @@ class ReloadOutcome:
     generation: int
     started_at: float
     duration_seconds: float
+    #: what the new config changes against the one that served (None: the config was not read)
+    changes: ConfigChanges | None = None
+    #: the diagnostic bundle this reload wrote (a failure), already on disk when the outcome is recorded
+    bundle: str | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -86,6 +98,7 @@ class ReloadOutcome:
         value = asdict(self)
         value["request_ids"] = list(self.request_ids)
         value["errors"] = list(self.errors)
+        value["changes"] = None if self.changes is None else self.changes.to_json()
         return value
 
     @classmethod
@@ -94,9 +107,15 @@ class ReloadOutcome:
         if not isinstance(value, dict):
             return None
         try:
-            raw = {field.name: value[field.name] for field in fields(cls)}
+            # fields with a default may be missing (an outcome recorded by an older version)
+            raw = {field.name: value[field.name] for field in fields(cls) if field.name in value or
+                   field.default is MISSING}  # fmt: skip
             raw["request_ids"] = tuple(str(item) for item in raw["request_ids"])
             raw["errors"] = tuple(str(item) for item in raw["errors"])
+            if raw.get("changes") is not None:
+                raw["changes"] = ConfigChanges.from_json(raw["changes"])
+            if raw.get("bundle") is not None:
+                raw["bundle"] = str(raw["bundle"])
             return cls(**raw)
         except (KeyError, TypeError, ValueError):
             return None
@@ -114,11 +133,17 @@ def history_path(state_dir: Path, port: int) -> Path:
     return state_dir / f"reload-{port}.jsonl"
 
 
-def submit_reload_request(state_dir: Path, port: int, *, respawn: bool) -> ReloadRequest:
+def submit_reload_request(
+    state_dir: Path, port: int, *, respawn: bool, allow_weaker: bool = False
+) -> ReloadRequest:
     """Write a pending request atomically (CLI side; call it *before* sending SIGUSR1). Creates the
     directories (mode 0700) if missing. Raises OSError if the state directory is not writable."""
     request = ReloadRequest(
-        id=uuid.uuid4().hex, respawn=respawn, requested_at=time.time(), requested_by_pid=os.getpid()
+        id=uuid.uuid4().hex,
+        respawn=respawn,
+        requested_at=time.time(),
+        requested_by_pid=os.getpid(),
+        allow_weaker=allow_weaker,
     )
     directory = ensure_private_dir(requests_dir(state_dir, port))
     write_json_atomic(directory / f"{request.id}.json", asdict(request))
@@ -167,6 +192,7 @@ def _parse_request(content: bytes) -> ReloadRequest | None:
         and isinstance(request.respawn, bool)
         and isinstance(request.requested_at, int | float)
         and isinstance(request.requested_by_pid, int)
+        and isinstance(request.allow_weaker, bool)
     )
     return request if well_typed else None
 

@@ -114,3 +114,23 @@ def test_an_unusable_state_directory_is_a_clear_error_not_a_traceback(tmp_path: 
     assert f"cannot use the state directory {blocker / 'state'}" in result.stderr
     assert "--state-dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_refuses_a_config_file_that_holds_no_settings(tmp_path: Path) -> None:
+    empty = tmp_path / "config.yaml"
+    empty.write_text("# auth:\n#   mode: keys\n")
+    result = gatewayd_cli("run", "--config", str(empty), "--port", str(free_port()), state_dir=tmp_path / "s")
+    assert result.returncode == 1
+    assert f"{empty}: the file holds no settings" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_url_credentials_and_an_api_key_names_the_backend_not_a_task_group(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("backends:\n  - id: cloud\n    url: http://me:pw@127.0.0.1:9\n    api_key: sk-x\n")
+    port = str(free_port())
+    result = gatewayd_cli("run", "--config", str(config), "--port", port, state_dir=tmp_path / "s")
+    assert result.returncode == 1
+    assert "backend 'cloud'" in result.stderr
+    assert "TaskGroup" not in result.stderr
+    assert "Traceback" not in result.stderr

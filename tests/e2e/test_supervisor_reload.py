@@ -53,6 +53,8 @@ def test_reloads_under_load_fail_nothing_and_apply_the_new_config(
                 assert time.monotonic() - signalled < 3.0  # bench/bench_restart.py measures the 1 s target
                 load.wait_for_requests(30)
         load.result.assert_clean(minimum=200)
+        # a generation serves before its reload's outcome is recorded: wait for the last outcome
+        wait_for(lambda: len(outcome_history(gw.state_dir, gw.port)) == 5, timeout=10, what="5 outcomes")
         history = outcome_history(gw.state_dir, gw.port)
         assert [outcome.outcome for outcome in history] == ["ok"] * 5
         assert gw.get("/config").json()["generation"] == 6
@@ -114,6 +116,81 @@ def test_an_invalid_config_is_rejected_and_the_old_one_keeps_serving(tmp_path: P
         assert gw.stop() == 0
 
 
+@pytest.mark.parametrize("text", ["", "# everything was cut\n"], ids=["empty", "only comments"])
+def test_a_config_file_cut_to_nothing_is_rejected_and_the_old_one_keeps_serving(
+    tmp_path: Path, text: str
+) -> None:
+    with GatewaydProcess.test_app(tmp_path, marker="good") as gw:
+        gw.wait_ready()
+        assert gw.config_path is not None
+        gw.config_path.write_text(text)
+        result = gatewayd_cli("restart", "--port", str(gw.port), state_dir=gw.state_dir)
+        assert result.returncode == 1, result
+        assert "config rejected" in result.stderr
+        assert "holds no settings" in result.stderr
+        assert "gatewayd init" in result.stderr  # how to fix it
+        assert marker(gw) == "good"
+        assert gw.get("/config").json()["generation"] == 1
+        assert gw.stop() == 0
+
+
+def test_a_reload_that_turns_auth_off_is_refused_until_asked_for_on_purpose(tmp_path: Path) -> None:
+    keys = "auth:\n  mode: keys\n  admin_token: admin-0123456789abcdef\n"
+    with GatewaydProcess.test_app(tmp_path, marker="locked", extra_config=keys) as gw:
+        gw.wait_ready()
+        rewrite(gw, "open", extra="  - id: second\n    url: http://127.0.0.1:9\n")  # no auth: section
+        refused = gatewayd_cli("restart", "--port", str(gw.port), state_dir=gw.state_dir)
+        assert refused.returncode == 1, refused
+        assert "lowers protection" in refused.stderr
+        assert "auth.mode goes from keys to off" in refused.stderr
+        assert "auth.admin_token is removed" in refused.stderr
+        assert "gatewayd restart --allow-weaker" in refused.stderr
+        assert "changes not applied" in refused.stderr
+        assert marker(gw) == "locked"
+        outcome = last_outcome(gw.state_dir, gw.port)
+        assert outcome is not None
+        assert outcome.outcome == "rejected"
+        assert len(outcome.errors) == 2
+        # a plain signal (kill, systemd) is refused the same way
+        reload_and_wait(gw, outcomes_before=1)
+        assert marker(gw) == "locked"
+        assert [o.outcome for o in outcome_history(gw.state_dir, gw.port)] == ["rejected", "rejected"]
+        applied = gatewayd_cli("restart", "--allow-weaker", "--port", str(gw.port), state_dir=gw.state_dir)
+        assert applied.returncode == 0, applied
+        assert "reloaded" in applied.stdout
+        assert "protection lowered on purpose" in applied.stdout
+        assert marker(gw) == "open"
+        assert "protection lowered on purpose" in gw.logs()
+        assert gw.stop() == 0
+
+
+def test_restart_prints_what_the_reload_changed(tmp_path: Path) -> None:
+    two = "  - id: kept\n    url: http://127.0.0.1:9\n  - id: dropped\n    url: http://127.0.0.1:9\n"
+    with GatewaydProcess.test_app(tmp_path, marker="first", extra_config=two) as gw:
+        gw.wait_ready()
+        assert gw.config_path is not None
+        gw.config_path.write_text(
+            f"server:\n  host: 127.0.0.1\n  port: {gw.port}\nlimits:\n  max_attempts: 1\nbackends:\n"
+            "  - id: first\n    url: http://127.0.0.1:9\n"
+            "  - id: kept\n    url: http://127.0.0.1:10\n"
+            "  - id: added\n    url: http://127.0.0.1:9\n"
+        )
+        result = gatewayd_cli("restart", "--port", str(gw.port), state_dir=gw.state_dir)
+        assert result.returncode == 0, result
+        lines = [line.strip() for line in result.stdout.splitlines()]
+        backends = next(line for line in lines if line.startswith("backends:"))
+        assert "added added" in backends
+        assert "removed dropped" in backends
+        assert "changed kept" in backends
+        assert "first" not in backends
+        assert "settings: limits" in lines
+        outcome = last_outcome(gw.state_dir, gw.port)
+        assert outcome is not None
+        assert outcome.changes is not None
+        assert outcome.changes.backends.removed == ("dropped",)
+        assert gw.stop() == 0
+
+
 def test_a_generation_that_fails_to_start_leaves_the_old_one_serving_and_reloads_go_on(
     tmp_path: Path,
 ) -> None:
@@ -126,9 +203,12 @@ def test_a_generation_that_fails_to_start_leaves_the_old_one_serving_and_reloads
         assert outcome.outcome == "error"
         assert "refuses to start" in outcome.message
         assert marker(gw) == "good"
-        bundles = list((gw.state_dir / "diagnostics").glob("bundle-*reload-failed*.json"))
-        assert bundles, "a failed reload writes a diagnostic bundle"
-        assert "refuses to start" in bundles[0].read_text()
+        # the bundle is written before the outcome is recorded, and the outcome names it
+        assert outcome.bundle is not None, "a failed reload writes a diagnostic bundle"
+        bundle = Path(outcome.bundle)
+        assert bundle.parent == gw.state_dir / "diagnostics"
+        assert "reload-failed" in bundle.name
+        assert "refuses to start" in bundle.read_text()
         rewrite(gw, "after")
         reload_and_wait(gw, outcomes_before=1)
         assert marker(gw) == "after"
@@ -228,6 +308,8 @@ def test_a_serving_generation_that_dies_is_replaced_from_the_same_config(tmp_pat
         rewrite(gw, "edited-but-not-reloaded")  # the replacement serves what was serving, not the file
         assert gw.get("/crash").status_code == 200
         wait_for(lambda: gw.get("/config").json()["generation"] == 2, timeout=10, what="the replacement")
+        # the new generation serves before its outcome is recorded: wait for the outcome itself
+        wait_for(lambda: outcome_history(gw.state_dir, gw.port), timeout=10, what="the recovery outcome")
         assert marker(gw) == "same"
         logs = gw.logs()
         assert "generation 1 failed" in logs
@@ -235,5 +317,7 @@ def test_a_serving_generation_that_dies_is_replaced_from_the_same_config(tmp_pat
         outcome = last_outcome(gw.state_dir, gw.port)
         assert outcome is not None
         assert (outcome.reason, outcome.outcome) == ("recovery", "ok")
-        assert list((gw.state_dir / "diagnostics").glob("bundle-*generation-failed*.json"))
+        assert outcome.bundle is not None
+        assert "generation-failed" in Path(outcome.bundle).name
+        assert "crashed (/crash)" in Path(outcome.bundle).read_text()
         assert gw.stop() == 0

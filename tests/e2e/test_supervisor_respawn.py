@@ -152,9 +152,9 @@ def test_a_child_that_exits_at_once_falls_back_quickly(tmp_path: Path) -> None:
         assert outcome is not None
         assert outcome.outcome == "fallback"
         assert "exited with code 3" in outcome.message
-        # noticed when the child exits, not when the 30 s ready timeout runs out (a child's start-up alone
-        # takes seconds on a loaded machine, so the bound is the timeout's half, not a speed figure)
-        assert outcome.duration_seconds < 15
+        # far below respawn_ready_timeout_seconds (30): the child's exit was noticed, not waited out (a
+        # tighter bound only measures how loaded the machine is)
+        assert outcome.duration_seconds < 10
         assert gw.get("/config").json()["generation"] == 2
         assert gw.stop() == 0
 

@@ -10,7 +10,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from gatewayd.config import Backend, Config, Limits
-from gatewayd.errors import BackendError
+from gatewayd.errors import BackendError, StartupError
 from gatewayd.gateway.backends.admission import Admission
 from gatewayd.gateway.backends.manager import BackendManager, ManagedBackend, UnitState
 from gatewayd.gateway.backends.probes import probe
@@ -96,6 +96,8 @@ class BackendPool:
         #: the clock health and idleness are measured with (tests inject one)
         self.clock = clock
         self._tg: TaskGroup | None = None
+        #: ``run`` has returned: the generation serves, and a probe's failure can no longer fail its start
+        self._started = False
         self._last_refresh = -1e9
         self.runtimes: dict[str, BackendRuntime] = {}
         for backend in config.backends:
@@ -141,6 +143,7 @@ class BackendPool:
         if pending:
             with anyio.move_on_after(FIRST_ROUND_WAIT_SECONDS):
                 await first_round.wait()
+        self._started = True
 
     async def refresh_models(self) -> bool:
         """An unknown model was asked for: re-read every backend's model list once (rate-limited).
@@ -173,6 +176,14 @@ class BackendPool:
                 result = await probe(self._transport, runtime.config, timeout)
         except (TimeoutError, BackendError) as error:
             result = ProbeResult(ok=False, detail=str(error) or "probe timed out")
+        except Exception as error:  # not a backend fault: the backend's settings cannot be used as given
+            problem = f"{type(error).__name__}: {error}"
+            if not self._started:
+                raise StartupError(
+                    f"backend '{runtime.config.id}' cannot be used ({problem}): check its url, api_key and "
+                    "kind, and validate the config with `gatewayd check`"
+                ) from error
+            result = ProbeResult(ok=False, detail=f"its probe failed: {problem}")
         before = runtime.health.state
         runtime.health.probed(self.clock(), result)
         runtime.idle_slots = result.idle_slots

@@ -275,3 +275,33 @@ def test_streams_without_reported_usage_still_spend_the_budget(
                     break
         assert statuses[-1] == 402
         assert 2 <= len(statuses) < 20
+
+
+def test_key_refresh_nudges_are_coalesced_and_a_revoke_is_still_seen_at_once(
+    tmp_path: Path, fake_backend_factory: FakeBackendFactory
+) -> None:
+    interval = 2.0
+    config = Config(
+        auth=AuthSettings(mode=AuthMode.KEYS, admin_token=ADMIN, key_refresh_min_interval_seconds=interval),
+        backends=(Backend(id="b", url=fake_backend_factory(models=(MODEL,)).url, models=(MODEL,)),),
+    )
+    with running_gateway(config, state_dir=tmp_path / "state") as gw:
+        key_id, key = create_key(gw)
+        guard = gw.factory.guard
+        reads_before = gw.call(lambda: guard.key_reads)
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            answers = list(pool.map(lambda _: httpx.post(gw.url + "/keys/refresh", timeout=30), range(40)))
+        elapsed = time.monotonic() - started
+        assert [answer.status_code for answer in answers] == [200] * 40
+        reads = gw.call(lambda: guard.key_reads) - reads_before
+        # one re-read now, one shared by every call that arrived meanwhile, one more per interval elapsed
+        assert 1 <= reads <= 2 + int(elapsed / interval), (reads, elapsed)
+        # another process (the CLI) revokes the key, then nudges: the nudge returns once it is seen
+        store = Store.open(tmp_path / "state" / DB_FILE)
+        try:
+            store.revoke_key(key_id)
+        finally:
+            store.close()
+        assert httpx.post(gw.url + "/keys/refresh", timeout=30).status_code == 200
+        assert chat(gw, key).status_code == 401

@@ -86,6 +86,38 @@ def test_check_fails_with_every_problem_and_its_line(tmp_path: Path, environ: di
     assert f"{path}:8: server.prot: unknown key 'prot' (did you mean 'port'?)" in result.stderr
 
 
+def test_check_refuses_an_empty_file_and_says_how_to_fix_it(
+    tmp_path: Path, environ: dict[str, str | None]
+) -> None:
+    path = write_config(tmp_path, "# server:\n#   port: 8484\n")
+    result = run(["check", "--config", str(path)], environ)
+    assert result.exit_code == 1
+    assert f"{path}: the file holds no settings (it is empty or only comments)" in result.stderr
+    assert "gatewayd init" in result.stderr
+
+
+def test_check_refuses_url_credentials_with_an_api_key_naming_the_backend(
+    tmp_path: Path, environ: dict[str, str | None]
+) -> None:
+    path = write_config(tmp_path, VALID.replace("http://", "http://me:pw@") + "    api_key: sk-x\n")
+    path.write_text(path.read_text().replace("routes:\n  - model: m\n    targets: [a]\n", ""))
+    result = run(["check", "--config", str(path)], environ)
+    assert result.exit_code == 1, result.output
+    assert (
+        "backends[0].url: backend 'a': the url carries a user and password and api_key is set"
+        in result.stderr
+    )
+
+
+def test_check_warns_about_short_secrets_and_passes(tmp_path: Path, environ: dict[str, str | None]) -> None:
+    path = write_config(tmp_path, VALID + "auth:\n  admin_token: z9q7x\n")
+    result = run(["check", "--config", str(path)], environ)
+    assert result.exit_code == 0
+    assert "warning:" in result.stderr
+    assert "the admin token is 5 characters long, under 16: easy to guess" in result.stderr
+    assert "z9q7x" not in result.stderr
+
+
 def test_check_of_a_missing_file_says_how_to_create_it(
     tmp_path: Path, environ: dict[str, str | None]
 ) -> None:

@@ -24,10 +24,28 @@ def test_no_file_gives_the_defaults() -> None:
     assert loaded.warnings == ()
 
 
-@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "---\n"])
-def test_an_empty_file_gives_the_defaults(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "---\n", "~\n", "\n\n  \n"])
+def test_a_file_that_holds_no_settings_is_refused_not_taken_for_defaults(tmp_path: Path, text: str) -> None:
+    # a file cut short must not become the defaults (every route dropped, auth off)
     path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={})
+    (issue,) = caught.value.issues
+    assert issue.source == str(path)
+    assert "holds no settings" in issue.message
+    assert "gatewayd init" in (issue.hint or "")
+    assert "{}" in (issue.hint or "")
+
+
+def test_an_empty_mapping_asks_for_the_defaults_on_purpose(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "{}  # the built-in defaults\n")
     assert load(path, environ={}).config == Config(source=str(path))
+
+
+@pytest.mark.parametrize(("text", "found"), [("8080\n", "an integer (8080)"), ("- a\n- b\n", "a list")])
+def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path, text: str, found: str) -> None:
+    (issue,) = issues_of(tmp_path, text)
+    assert issue.message == f"expected a mapping at the top level, found {found}"
 
 
 def test_every_form_is_built_into_typed_values(tmp_path: Path) -> None:
@@ -540,6 +558,44 @@ def test_no_message_shows_an_api_key(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_text(tmp_path, text)
     assert "123456789" not in str(caught.value)
+
+
+def test_credentials_in_the_url_and_an_api_key_are_refused_naming_the_backend(tmp_path: Path) -> None:
+    # both would become the Authorization header: the HTTP client refuses that at the first probe
+    text = "backends:\n  - id: cloud\n    url: http://user:s3cret@127.0.0.1:8080\n    api_key: sk-x\n"
+    (issue,) = issues_of(tmp_path, text)
+    assert (issue.line, issue.key) == (3, "backends[0].url")
+    assert "backend 'cloud'" in issue.message
+    assert "remove api_key" in (issue.hint or "")
+    assert "remove 'user:password@'" in (issue.hint or "")
+    assert "s3cret" not in str(issue)
+
+
+def test_credentials_in_the_url_alone_are_kept(tmp_path: Path) -> None:
+    text = "backends:\n  - id: cloud\n    url: http://user:s3cret@127.0.0.1:8080\n"
+    assert load_text(tmp_path, text).config.backends[0].url == "http://user:s3cret@127.0.0.1:8080"
+
+
+def test_short_keys_and_admin_tokens_are_warned_about_not_refused(tmp_path: Path) -> None:
+    text = """
+    auth:
+      mode: keys
+      admin_token: env:ADMIN
+    keys:
+      - name: short
+        key: gwd-abc
+      - name: long
+        key: gwd-0123456789abcdef
+    """
+    loaded = load_text(tmp_path, text, {"ADMIN": "tiny-token"})
+    assert [(w.key, w.line) for w in loaded.warnings] == [("keys[0].key", 6), ("auth.admin_token", 3)]
+    short, admin = loaded.warnings
+    assert "key 'short' is 7 characters long, under 16" in short.message
+    assert "the admin token is 10 characters long" in admin.message
+    assert "gwd-abc" not in str(short)
+    assert "tiny-token" not in str(admin)
+    long_enough = load_text(tmp_path, "auth:\n  admin_token: 0123456789abcdef\n")
+    assert long_enough.warnings == ()
 
 
 # -- environment and CLI overrides ------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import signal
 import stat
@@ -20,6 +22,7 @@ from gatewayd.supervisor.portlock import (
     PortLock,
     holder_alive,
     read_record,
+    record_path,
     running_instances,
 )
 
@@ -145,6 +148,38 @@ def test_a_killed_holder_is_taken_over_within_a_second_even_as_an_unreaped_zombi
     assert record.pid == holder.pid
     assert not holder_alive(record)
     lock.release()
+
+
+def test_taking_over_a_stale_lock_is_logged_naming_the_dead_holder(
+    state_dir: Path, holder: subprocess.Popen[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(10)  # reaped: the pid names no process
+    with caplog.at_level(logging.WARNING, logger="gatewayd.supervisor.portlock"):
+        lock = PortLock(state_dir, PORT)
+        lock.acquire(timeout_seconds=1.0)
+    lock.release()
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = warning.getMessage()
+    assert f"took over the lock for port {PORT} from a holder that is gone: pid {holder.pid}" in message
+    assert "no such process" in message
+    assert "generation 1, config built-in defaults" in message
+
+
+def test_a_lock_taken_after_a_clean_release_logs_nothing(
+    state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gatewayd.supervisor.portlock"):
+        lock = PortLock(state_dir, PORT)
+        lock.acquire(timeout_seconds=1.0)
+        lock.write_record(record_for(os.getpid(), psutil.Process().create_time()))
+        lock.release()  # removes its record
+        # a record that names this very process (left by an earlier lock of it) is no takeover either
+        own = record_for(os.getpid(), psutil.Process().create_time())
+        record_path(state_dir, PORT).write_text(json.dumps(own.to_json()))
+        lock.acquire(timeout_seconds=1.0)
+    lock.release()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_a_released_lock_is_free_for_the_next_process_at_once(state_dir: Path) -> None:

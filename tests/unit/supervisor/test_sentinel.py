@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gatewayd.config.compare import ConfigChanges, NameChanges
 from gatewayd.errors import ReloadError
 from gatewayd.supervisor.sentinel import (
     HISTORY_LIMIT,
@@ -214,3 +216,23 @@ def test_wait_for_outcome_returns_an_outcome_recorded_just_before_the_instance_e
     )
     assert answer.request_ids == (request.id,)
     assert calls == 1
+
+
+def test_an_outcome_keeps_its_change_summary_and_bundle_and_an_older_record_without_them_still_reads(
+    tmp_path: Path,
+) -> None:
+    summary = ConfigChanges(backends=NameChanges(added=("new",)), settings=("limits",))
+    full = dataclasses.replace(outcome("r1"), changes=summary, bundle="/state/diagnostics/bundle-x.json")
+    record_outcome(tmp_path, PORT, full)
+    assert last_outcome(tmp_path, PORT) == full
+    older = full.to_json()
+    del older["changes"], older["bundle"]
+    parsed = ReloadOutcome.from_json(older)
+    assert parsed == dataclasses.replace(full, changes=None, bundle=None)
+
+
+def test_a_request_carries_allow_weaker(tmp_path: Path) -> None:
+    plain = submit_reload_request(tmp_path, PORT, respawn=False)
+    weaker = submit_reload_request(tmp_path, PORT, respawn=False, allow_weaker=True)
+    taken = {request.id: request.allow_weaker for request in take_reload_requests(tmp_path, PORT)}
+    assert taken == {plain.id: False, weaker.id: True}
