@@ -136,10 +136,18 @@ def widened(name: str, values: Callable[[Config], Iterable[str]]) -> ProtectionR
     return rule
 
 
-#: every rule a reload is checked against, in the order their reasons are reported
+def _wildcards(values: Iterable[str]) -> list[str]:
+    return [value for value in values if value == "*"]
+
+
+#: every rule a reload is checked against, in the order their reasons are reported. Adding a named host or
+#: origin is the operator's explicit choice and reloads as usual; adding the ``"*"`` that lets in every web
+#: page (or every Host name) lowers protection for all of them at once.
 PROTECTION_RULES: tuple[ProtectionRule, ...] = (
     _auth_turned_off,
     _admin_api_opened,
+    widened("server.cors_origins", lambda config: _wildcards(config.server.cors_origins)),
+    widened("server.allowed_hosts", lambda config: _wildcards(config.server.allowed_hosts)),
 )
 
 

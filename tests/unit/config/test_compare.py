@@ -14,6 +14,7 @@ from gatewayd.config import (
     Limits,
     Route,
     RouteTarget,
+    ServerSettings,
 )
 from gatewayd.config.compare import ConfigChanges, NameChanges, changes, weakenings, widened
 
@@ -88,3 +89,17 @@ def test_a_widened_allow_list_rule_names_what_it_now_lets_in() -> None:
     assert rule(narrow, wide) == "affinity.session_headers now also lets in x-b"
     assert rule(wide, narrow) is None
     assert rule(wide, wide) is None
+
+
+@pytest.mark.parametrize("setting", ["cors_origins", "allowed_hosts"])
+def test_a_wildcard_added_to_the_browser_allow_lists_is_a_weakening(setting: str) -> None:
+    named, another = {
+        "cors_origins": ("http://localhost:3000", "http://localhost:5173"),
+        "allowed_hosts": ("gw.lan", "gpu-box.lan"),
+    }[setting]
+    before = Config(server=ServerSettings(**{setting: (named,)}))
+    more_names = Config(server=ServerSettings(**{setting: (named, another)}))
+    wildcard = Config(server=ServerSettings(**{setting: (named, "*")}))
+    assert weakenings(before, more_names) == []  # a named page or host is the operator's explicit choice
+    assert weakenings(before, wildcard) == [f"server.{setting} now also lets in *"]
+    assert weakenings(wildcard, before) == []
