@@ -14,8 +14,8 @@ for a stream, the time from its first body byte to its last (``latency - ttft``:
 first came in that time); for an answer sent in one piece, or a stream of a single token, the whole
 latency. A model's figure over the window is its tokens divided by its generation time, summed over its
 requests (so a long answer weighs more than a short one, and concurrent requests do not add up: it is the
-speed one client sees). Requests whose backend reported no token count (an OpenAI stream without
-``stream_options.include_usage``) and failed requests are left out."""
+speed one client sees). Failed requests are left out, and so are those whose backend reported no token
+count (an OpenAI client's stream to an OpenAI-compatible backend without ``stream_options.include_usage``)."""
 
 from __future__ import annotations
 
