@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 #: the Ollama version reported by /api/version; clients compare it against the features they need
 OLLAMA_COMPATIBLE_VERSION = "0.9.0"
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 #: answered to anyone: liveness and readiness probes, the status page's shell (its data needs a key),
@@ -96,7 +95,8 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generation.metrics.render(), content_type=PROMETHEUS_CONTENT_TYPE)
+        body, content_type = generation.metrics.exposition(request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
 
     @app.get("/status")
     async def status() -> Response:

@@ -240,8 +240,17 @@ class InferenceEndpoint:
         if ttft is not None:
             metrics.ttft.observe((model,), ttft)
             metrics.overhead.observe((), max(ttft - exchange.upstream_time, 0.0))
-        self._activity.record(exchange.api, model, backend, exchange.status, exchange.stream, latency, ttft)
         usage = exchange.usage
+        self._activity.record(
+            exchange.api,
+            model,
+            backend,
+            exchange.status,
+            exchange.stream,
+            latency,
+            ttft,
+            usage.completion_tokens or 0,
+        )
         if usage.prompt_tokens:
             metrics.tokens.inc((model, "prompt"), usage.prompt_tokens)
         if usage.completion_tokens:

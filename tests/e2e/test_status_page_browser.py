@@ -1,7 +1,8 @@
 """The status page in a real headless browser: Debian's chromium driven by Playwright, against the real
 ``gatewayd run`` in front of the test model server run as a separate process. The page renders, shows the
-backend going down when its server stops and up again when it comes back, reloads through its button (with
-the admin token typed in), and logs no console error or uncaught exception on the way.
+model's tokens per second once it has answered, the backend going down when its server stops and up again
+when it comes back, reloads through its button (with the admin token typed in), and logs no console error
+or uncaught exception on the way.
 
 Skipped when the ``playwright`` package or a chromium binary is missing (``apt-get install chromium``; the
 browser Playwright downloads itself is not used). ``GATEWAYD_CHROMIUM`` names another binary.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -167,8 +169,18 @@ def test_the_page_follows_a_backend_down_and_up_and_reloads(tmp_path: Path, brow
         assert reload_button.is_disabled()
         assert "admin token" in (reload_button.get_attribute("title") or "")
 
+        speed = '#models tr[data-model="chat"] td.tokens-per-second'
+        assert page.inner_text(speed) == "—"  # nothing generated yet
         traffic.start()
         page.wait_for_selector("#recent tbody tr td.status-ok", timeout=PAGE_TIMEOUT_MS)
+        # the answers sent in one piece report their tokens: the model's speed shows in its row
+        wait_for(
+            lambda: re.fullmatch(r"\d+\.\d", page.inner_text(speed)),
+            timeout=PAGE_TIMEOUT_MS / 1000,
+            what="the model's tokens per second",
+        )
+        assert float(page.inner_text(speed)) > 0
+        assert "tokens in" in (page.get_attribute(speed, "title") or "")
 
         fake.stop()
         page.wait_for_selector(backend_state("down"), timeout=PAGE_TIMEOUT_MS)

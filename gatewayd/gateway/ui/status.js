@@ -224,9 +224,19 @@
     fill($("backends").tBodies[0], rows, 12, "no backends yet");
   }
 
+  // a model's generation speed over the activity window (from status/activity), or a dash
+  function speedCell(speed) {
+    if (!speed || speed.tokens_per_second === null || speed.tokens_per_second === undefined) {
+      return el("td", { class: "num tokens-per-second" }, "—");
+    }
+    const title = `${speed.completion_tokens} tokens in ${speed.generation_seconds.toFixed(2)} s`;
+    return el("td", { class: "num tokens-per-second", title }, speed.tokens_per_second.toFixed(1));
+  }
+
   function renderModels() {
     const status = view.status;
-    if (!status || !changed("models", status.models)) return;
+    const speeds = (view.activity && view.activity.models) || {};
+    if (!status || !changed("models", [status.models, speeds])) return;
     const rows = (status.models || []).map((row) =>
       el(
         "tr",
@@ -235,9 +245,10 @@
         el("td", {}, badge(row.state)),
         el("td", {}, row.backends.map((t) => (t.model === row.name ? t.backend : `${t.backend} (${t.model})`)).join(", ")),
         el("td", {}, row.routed ? "route" : "discovered"),
+        speedCell(Object.hasOwn(speeds, row.name) ? speeds[row.name] : null),
       ),
     );
-    fill($("models").tBodies[0], rows, 4, "no models yet");
+    fill($("models").tBodies[0], rows, 5, "no models yet");
   }
 
   function statusClass(code) {

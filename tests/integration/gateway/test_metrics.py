@@ -4,7 +4,6 @@ gauges, and one structured access-log line per request."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,8 @@ import ollama
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
 
 from gatewayd.config import Backend, BackendKind, Config
 from tests.support.fake_backend import FakeBackend
@@ -27,8 +28,9 @@ PROMPT = "count my words please"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
 CHUNKS = 8
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+OPENMETRICS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
 
 
 def backend(backend_id: str, fake: FakeBackend) -> Backend:
@@ -40,13 +42,9 @@ def scrape(gw: RunningGateway) -> tuple[str, Samples]:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples: Samples = {}
-    for line in response.text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"not a Prometheus sample line: {line!r}"
-        labels = frozenset(_LABEL.findall(match["labels"] or ""))
-        samples[(match["name"], labels)] = float(match["value"])
+    for family in text_string_to_metric_families(response.text):
+        for found in family.samples:
+            samples[(found.name, frozenset(found.labels.items()))] = found.value
     return response.text, samples
 
 
@@ -117,6 +115,41 @@ def test_every_metric_family_is_exported_with_its_labels_after_traffic(
         assert sample(samples, "gatewayd_queue_depth", backend=backend_id) == 0
         assert sample(samples, "gatewayd_backend_up", backend=backend_id, state="up") == 1
     assert sample(samples, "gatewayd_generation", state="serving") == 1
+
+
+def test_a_scraper_gets_openmetrics_when_it_asks_and_the_standard_families_either_way(
+    fake_backend_factory: FakeBackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    fake = fake_backend_factory(models=(MODEL,))
+    gw = gateway_factory(Config(backends=(backend("a", fake),)))
+    with openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    _, samples = scrape_once_counted(gw, 1)  # Prometheus text, parsed with prometheus_client's parser
+
+    response = httpx.get(gw.url + "/metrics", headers={"Accept": OPENMETRICS_ACCEPT})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert response.text.endswith("# EOF\n")
+    families = {family.name: family for family in parse_openmetrics(response.text)}  # strict: no slack
+    openmetrics = {
+        (s.name, frozenset(s.labels.items())): s.value for f in families.values() for s in f.samples
+    }
+    assert families["gatewayd_requests"].type == "counter"
+    assert (
+        openmetrics[
+            ("gatewayd_requests_total", frozenset({"model": MODEL, "backend": "a", "status": "200"}.items()))
+        ]
+        == 1
+    )
+    assert families["gatewayd_request_duration_seconds"].unit == "seconds"
+    assert openmetrics[("gatewayd_request_duration_seconds_count", frozenset({("model", MODEL)}))] == 1
+
+    for found in (samples, openmetrics):
+        assert found[("process_resident_memory_bytes", frozenset())] > 0
+        assert found[("process_open_fds", frozenset())] > 0
+        assert found[("process_cpu_seconds_total", frozenset())] > 0
+        assert any(name == "python_info" for name, _ in found)
+        assert any(name == "python_gc_collections_total" for name, _ in found)
 
 
 @pytest.mark.parametrize("client_dialect", ["openai", "ollama"])

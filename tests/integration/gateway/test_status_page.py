@@ -1,6 +1,7 @@
 """The status page and what it reads, through the real gateway: GET / and /ui (one document that loads
 nothing from elsewhere, with a policy that lets exactly its own script and style run), GET /status/activity
-after real requests, and POST /admin/reload where no run loop handles SIGHUP."""
+after real requests (each model's generation speed included), and POST /admin/reload where no run loop
+handles SIGHUP."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from html.parser import HTMLParser
 from typing import Any
 
 import httpx
+import ollama
+import openai
 import pytest
 
 from gatewayd.config import Backend, BackendKind, Config
@@ -142,3 +145,38 @@ def test_reload_is_refused_where_no_run_loop_handles_sighup(setup: Setup) -> Non
     response = httpx.post(setup.gateway.url + "/admin/reload", timeout=10)
     assert response.status_code == 503
     assert "run loop" in response.json()["error"]["message"]
+
+
+def test_activity_gives_each_models_generation_speed() -> None:
+    """Completion tokens over the time spent generating them: a stream's time after its first byte, an
+    answer's whole latency (one request per model, so each figure can be checked against its request)."""
+    behaviour = {"chunks": 8, "chunk_delay_seconds": 0.05, "first_byte_delay_seconds": 0.2}
+    with running_fake_backend(models=("streamed", "whole"), **behaviour) as fake:
+        config = Config(backends=(Backend(id="fake", url=fake.url, kind=BackendKind.OPENAI),))
+        with running_gateway(config) as gateway:
+            with openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0) as client:
+                chunks = client.chat.completions.create(
+                    model="streamed",
+                    messages=[{"role": "user", "content": "hi"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                assert [chunk.usage.completion_tokens for chunk in chunks if chunk.usage] == [8]
+            with ollama.Client(host=gateway.url) as other:
+                assert other.chat(model="whole", messages=[{"role": "user", "content": "hi"}]).eval_count == 8
+
+            def both() -> dict[str, Any] | None:
+                activity: dict[str, Any] = httpx.get(gateway.url + "/status/activity", timeout=10).json()
+                return activity if len(activity["models"]) == 2 else None
+
+            activity = wait_for(both, timeout=5, what="both requests to be counted")
+
+    recent = {entry["model"]: entry for entry in activity["recent"]}
+    streamed, whole = activity["models"]["streamed"], activity["models"]["whole"]
+    assert streamed["completion_tokens"] == whole["completion_tokens"] == 8
+    after_first_byte = (recent["streamed"]["latency_ms"] - recent["streamed"]["ttft_ms"]) / 1000
+    assert streamed["generation_seconds"] == pytest.approx(after_first_byte, abs=0.002)
+    assert streamed["generation_seconds"] >= 7 * behaviour["chunk_delay_seconds"]  # 7 pauses between 8 chunks
+    assert whole["generation_seconds"] == pytest.approx(recent["whole"]["latency_ms"] / 1000, abs=0.002)
+    for speed in (streamed, whole):
+        assert speed["tokens_per_second"] == pytest.approx(8 / speed["generation_seconds"], rel=0.01)

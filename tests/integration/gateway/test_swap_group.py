@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gatewayd.config import Backend, BackendKind, Config, Group
 from tests.support.gateway import running_gateway
@@ -89,11 +90,10 @@ def test_alternating_load_on_a_one_gpu_group(tmp_path: Path) -> None:
     # each model keeps the GPU for a turn of at least max_wait_seconds: far fewer swaps than requests
     assert 2 <= swaps <= LOAD_SECONDS / MAX_WAIT_SECONDS + 2
     assert served > 4 * swaps
-    assert f'gatewayd_group_swaps_total{{group="gpu"}} {swaps}\n' in metrics
-    waits = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("gatewayd_group_wait_seconds_count{")
-    )
+    scraped = [sample for family in text_string_to_metric_families(metrics) for sample in family.samples]
+    assert [s.value for s in scraped if s.name == "gatewayd_group_swaps_total"] == [swaps]
+    assert next(s for s in scraped if s.name == "gatewayd_group_swaps_total").labels == {"group": "gpu"}
+    waits = sum(s.value for s in scraped if s.name == "gatewayd_group_wait_seconds_count")
     assert waits == served
-    assert 'gatewayd_group_queue_depth{group="gpu",backend="a"} 0' in metrics
+    depth = {"group": "gpu", "backend": "a"}
+    assert [s.value for s in scraped if s.name == "gatewayd_group_queue_depth" and s.labels == depth] == [0]

@@ -109,3 +109,48 @@ def test_recent_requests_newest_first_bounded_and_without_secrets() -> None:
 def test_bounds_are_checked() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Activity(window_seconds=0)
+
+
+def speeds(activity: Activity) -> object:
+    return activity.snapshot()["models"]
+
+
+def test_generation_speed_per_model_counts_a_streams_time_after_its_first_byte() -> None:
+    clock = Clock(300.5)
+    activity = Activity(window_seconds=60, clock=clock)
+    # a stream: 100 tokens between its first byte at 1 s and its last at 3 s
+    activity.record("openai.chat", "a", "b", 200, True, 3.0, 1.0, 100)
+    # an answer in one piece: 30 tokens in 1.5 s
+    activity.record("ollama.chat", "b", "b", 200, False, 1.5, 1.5, 30)
+    # a stream of one token: nothing to time after the first byte, so its whole latency
+    activity.record("openai.chat", "c", "b", 200, True, 0.5, 0.499, 1)
+    assert speeds(activity) == {  # the second in progress is included: no wait to see a request
+        "a": {"completion_tokens": 100, "generation_seconds": 2.0, "tokens_per_second": 50.0},
+        "b": {"completion_tokens": 30, "generation_seconds": 1.5, "tokens_per_second": 20.0},
+        "c": {"completion_tokens": 1, "generation_seconds": 0.5, "tokens_per_second": 2.0},
+    }
+
+
+def test_generation_speed_sums_tokens_and_time_over_the_window_and_forgets_what_left_it() -> None:
+    clock = Clock(100.0)
+    activity = Activity(window_seconds=10, clock=clock)
+    activity.record("openai.chat", "m", "b", 200, False, 1.0, None, 10)  # 10 tok/s, short
+    clock.now = 105.0
+    activity.record("openai.chat", "m", "b", 200, False, 3.0, None, 90)  # 30 tok/s, long
+    assert speeds(activity) == {
+        "m": {"completion_tokens": 100, "generation_seconds": 4.0, "tokens_per_second": 25.0}
+    }
+    clock.now = 110.0  # second 100 is out of the window (and its slot is the current second's)
+    assert speeds(activity) == {
+        "m": {"completion_tokens": 90, "generation_seconds": 3.0, "tokens_per_second": 30.0}
+    }
+    clock.now = 115.0
+    assert speeds(activity) == {}
+
+
+def test_failed_requests_and_unreported_tokens_do_not_count_for_the_speed() -> None:
+    activity = Activity(clock=Clock(10.0))
+    activity.record("openai.chat", "m", "b", 502, True, 1.0, 0.1, 40)  # broke: its tokens are no speed
+    activity.record("openai.chat", "m", "b", 429, False, 0.01, None, 5)
+    activity.record("openai.chat", "m", "b", 200, True, 1.0, 0.1)  # the backend reported no count
+    assert speeds(activity) == {}
