@@ -566,7 +566,10 @@ class BackendManager:
                     self.spawn(self._sleep, unit, ttl)
 
     async def _sleep(self, unit: ManagedBackend, ttl: float) -> None:
+        reason = f"idle for {ttl:g} s"
+        if unit.keep_alive_seconds is not None:
+            reason += " (the keep_alive of its last request)"
         if unit.group is not None:
-            await unit.group.evict(unit, f"idle for {ttl:g} s")
+            await unit.group.evict(unit, reason)
         else:
-            await unit.stop(f"idle for {ttl:g} s")
+            await unit.stop(reason)

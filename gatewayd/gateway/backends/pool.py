@@ -17,6 +17,7 @@ from gatewayd.gateway.backends.probes import describe, probe
 from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.core.health import BackendState, Health, ProbeResult
 from gatewayd.gateway.core.inventory import Inventory
+from gatewayd.gateway.core.metadata import ModelInfo
 from gatewayd.gateway.core.routing import Load
 
 log = logging.getLogger("gatewayd.backends")
@@ -200,10 +201,11 @@ class BackendPool:
         if not undescribed:
             return
         timeout = self._config.health.probe_timeout_seconds
-        with anyio.move_on_after(timeout * 3):
-            found = await describe(self._transport, runtime.config, undescribed, timeout)
-            for model, info in found.items():
-                self.inventory.set_described(backend_id, model, info)
+        found: dict[str, ModelInfo] = {}
+        with anyio.move_on_after(timeout * 3):  # the rest is asked at the next probe
+            await describe(self._transport, runtime.config, undescribed, timeout, found)
+        for model, info in found.items():
+            self.inventory.set_described(backend_id, model, info)
 
     async def _probe_loop(
         self, runtime: BackendRuntime, first_done: Callable[[], None] | None = None

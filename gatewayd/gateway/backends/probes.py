@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import anyio
@@ -19,6 +19,9 @@ from gatewayd.gateway.core.metadata import (
     from_ollama_tag,
     from_openai_model,
 )
+
+#: /api/show requests sent to one Ollama at once while its models are described
+DESCRIBE_CONCURRENCY = 4
 
 
 def api_url(backend: Backend, path: str) -> str:
@@ -117,34 +120,41 @@ async def _idle_slots(transport: Transport, backend: Backend, timeout: float) ->
 
 
 async def describe(
-    transport: Transport, backend: Backend, models: Sequence[str], timeout: float
-) -> dict[str, ModelInfo]:
-    """What a backend tells about ``models`` beyond its listing: Ollama's /api/show for each, llama-server's
-    /props (one model per server: the same for all). Models it could not describe are left out; never
-    raises for a backend fault."""
-    found: dict[str, ModelInfo] = {}
+    transport: Transport,
+    backend: Backend,
+    models: Sequence[str],
+    timeout: float,
+    found: MutableMapping[str, ModelInfo],
+) -> None:
+    """Learn what a backend tells about ``models`` beyond its listing, into ``found`` as the answers come
+    (a caller that gives up keeps those): Ollama's /api/show for each (``DESCRIBE_CONCURRENCY`` at a time),
+    llama-server's /props (one model per server: the same for all). Models it could not describe are left
+    out; never raises for a backend fault."""
     if backend.kind is BackendKind.LLAMA_SERVER:
         try:
             status, payload = await _get_json(transport, backend, "/props", timeout)
         except BackendError:
-            return found
+            return
         if status == 200 and isinstance(payload, dict):
             info = from_llama_props(payload)
             found.update((model, info) for model in models)
     elif backend.kind is BackendKind.OLLAMA:
+        limiter = anyio.CapacityLimiter(DESCRIBE_CONCURRENCY)
 
         async def show(model: str) -> None:
-            try:
-                status, payload = await _post_json(transport, backend, "/api/show", {"model": model}, timeout)
-            except BackendError:
-                return
+            async with limiter:
+                try:
+                    status, payload = await _post_json(
+                        transport, backend, "/api/show", {"model": model}, timeout
+                    )
+                except BackendError:
+                    return
             if status == 200 and isinstance(payload, dict):
                 found[model] = from_ollama_show(payload)
 
         async with anyio.create_task_group() as tg:
             for model in models:
                 tg.start_soon(show, model)
-    return found
 
 
 async def _post_json(

@@ -180,8 +180,13 @@ def test_keep_alive_sets_the_idle_time_of_that_use(tmp_path: Path) -> None:
         with ollama.Client(host=gw.url, timeout=60) as client:
             assert client.generate(model=MODEL, keep_alive=-1).done_reason == "load"
             assert gw.call(lambda: unit.idle_limit_seconds) == float("inf")
+            (running,) = client.ps().models
+            assert running.expires_at is None  # never put to sleep
             client.generate(model=MODEL, prompt="hello")  # a use without keep_alive: idle_ttl_seconds again
             assert gw.call(lambda: unit.idle_limit_seconds) == 900.0
+            (running,) = client.ps().models
+            assert running.expires_at is not None
+            assert 800 < running.expires_at.timestamp() - time.time() <= 901
             assert client.generate(model=MODEL, prompt="hello", keep_alive="1s").response
         wait_until(lambda: unit_state(gw) == "sleeping", what="the backend to sleep after its keep_alive")
 
