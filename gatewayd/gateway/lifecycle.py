@@ -10,8 +10,8 @@ without messages (see ``core.lifecycle``) is answered here, every other request 
   neither is only checked to be routable. Nothing is sent upstream.
 - An unload (``keep_alive`` 0) lets every managed backend of the model sleep once its requests are done
   (in-flight requests are not cut); it starts nothing.
-- ``keep_alive`` on any Ollama request (a load or a generation) sets how long the backend that served it
-  may stay idle after it: it replaces ``idle_ttl_seconds`` until the backend's next use, which sets it
+- ``keep_alive`` on an Ollama chat or generate request (a load or a generation) sets how long the backend
+  that served it may stay idle after it: it replaces ``idle_ttl_seconds`` until the backend's next use, which sets it
   again (Ollama's rule: each request says how long the model stays loaded after it). Negative = forever.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 from gatewayd.config import BackendKind
 from gatewayd.errors import ModelNotFound
 from gatewayd.gateway.backends.pool import BackendPool
-from gatewayd.gateway.core.dialects import Dialect, Framing
+from gatewayd.gateway.core.dialects import Api, Framing
 from gatewayd.gateway.core.inventory import Target
 from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.lifecycle import (
@@ -37,6 +37,9 @@ from gatewayd.gateway.relay import Exchange, Relay
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
+#: the requests that may be lifecycle requests, or carry a keep_alive
+_CHAT_AND_GENERATE = frozenset({Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE})
+
 
 class Lifecycle:
     """The relay of one generation, with Ollama's lifecycle requests answered in front of it. Same
@@ -47,7 +50,7 @@ class Lifecycle:
         self._pool = pool
 
     async def relay(self, exchange: Exchange, send: Send) -> None:
-        if exchange.api.dialect is not Dialect.OLLAMA:
+        if exchange.api not in _CHAT_AND_GENERATE:  # a set lookup: this runs on every request
             await self._relay.relay(exchange, send)
             return
         request = lifecycle_request(exchange.api, exchange.body)
