@@ -11,8 +11,9 @@ without messages (see ``core.lifecycle``) is answered here, every other request 
 - An unload (``keep_alive`` 0) lets every managed backend of the model sleep once its requests are done
   (in-flight requests are not cut); it starts nothing.
 - ``keep_alive`` on an Ollama chat or generate request (a load or a generation) sets how long the backend
-  that served it may stay idle after it: it replaces ``idle_ttl_seconds`` until the backend's next use, which sets it
-  again (Ollama's rule: each request says how long the model stays loaded after it). Negative = forever.
+  that served it may stay idle after it: it replaces ``idle_ttl_seconds`` until the backend's next use,
+  which sets it again (Ollama's rule: each request says how long the model stays loaded after it).
+  Negative = forever.
 """
 
 from __future__ import annotations
