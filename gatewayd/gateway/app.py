@@ -24,6 +24,8 @@ from gatewayd.config import AuthMode
 from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound, NotFound, RequestError
 from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
+from gatewayd.gateway.core.metadata import ollama_show as ollama_show_body
+from gatewayd.gateway.core.metadata import ollama_tag, openai_fields
 from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import dialect_of_path
@@ -207,48 +209,69 @@ def create_app(
 
     @app.get("/v1/models")
     async def openai_models() -> Response:
-        data = [
-            {
-                "id": row["name"],
-                "object": "model",
-                "created": started,
-                "owned_by": "gatewayd",
-                "backends": row["backends"],
-                "state": row["state"],
-            }
-            for row in generation.model_rows()
-        ]
-        return jsonify({"object": "list", "data": data})
+        return jsonify({"object": "list", "data": [_openai_model(row) for row in generation.model_rows()]})
+
+    @app.get("/v1/models/<path:model_id>")
+    async def openai_model(model_id: str) -> Response:
+        """One model (openai's ``models.retrieve``); ids may hold '/' and ':'. 404 in OpenAI's shape."""
+        for row in generation.model_rows():
+            if row["name"] == model_id:
+                return jsonify(_openai_model(row))
+        return _error_response(ModelNotFound(f"model '{model_id}' is not served by gatewayd", param="model"))
+
+    def _openai_model(row: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "id": row["name"],
+            "object": "model",
+            "created": started,
+            "owned_by": "gatewayd",
+            **openai_fields(generation.pool.inventory.describe(row["name"])),
+            "backends": row["backends"],
+            "state": row["state"],
+        }
 
     @app.get("/api/tags")
     async def ollama_tags() -> Response:
-        return jsonify({"models": [_ollama_model(row, started) for row in generation.model_rows()]})
+        inventory = generation.pool.inventory
+        return jsonify(
+            {
+                "models": [
+                    ollama_tag(row["name"], inventory.describe(row["name"]))
+                    for row in generation.model_rows()
+                ]
+            }
+        )
 
     @app.get("/api/ps")
     async def ollama_ps() -> Response:
-        rows = [row for row in generation.model_rows() if row["state"] == "running"]
-        return jsonify({"models": [{**_ollama_model(row, started), "expires_at": None} for row in rows]})
+        inventory = generation.pool.inventory
+        models = []
+        for row in generation.model_rows():
+            if row["state"] != "running":
+                continue
+            info = inventory.describe(row["name"])
+            entry = ollama_tag(row["name"], info)
+            entry.pop("modified_at", None)
+            entry.pop("capabilities", None)
+            expires = generation.expires_at(row)
+            if expires is not None:
+                entry["expires_at"] = expires
+            if info is not None and info.context_length is not None:
+                entry["context_length"] = info.context_length
+            models.append(entry)
+        return jsonify({"models": models})
 
     @app.post("/api/show")
     async def ollama_show() -> Response:
-        """What Ollama's clients ask before they use a model (``ollama run`` first of all): a description
-        made from what gatewayd knows, for any model it routes. 404 in Ollama's shape for another name."""
+        """What Ollama's clients ask before they use a model (``ollama run`` first of all): what its
+        backend said about it (capabilities, context length, template...), for any model gatewayd routes;
+        what the backend did not say is left out. 404 in Ollama's shape for another name."""
         row = await _requested_model()
         if isinstance(row, Response):
             return row
-        model = _ollama_model(row, started)
-        return jsonify(
-            {
-                "license": "",
-                "modelfile": f"# served by gatewayd from {', '.join(b['backend'] for b in row['backends'])}",
-                "parameters": "",
-                "template": "{{ .Prompt }}",
-                "details": model["details"],
-                "model_info": {},
-                "capabilities": ["completion"],
-                "modified_at": model["modified_at"],
-            }
-        )
+        backends = ", ".join(b["backend"] for b in row["backends"])
+        shown = ollama_show_body(generation.pool.inventory.describe(row["name"]))
+        return jsonify({"modelfile": f"# served by gatewayd from {backends}", **shown})
 
     @app.post("/api/pull")
     async def ollama_pull() -> Response:
@@ -304,24 +327,6 @@ def _error_response(error: RequestError) -> Response:
     response = Response(error_body(dialect, error), content_type="application/json")
     response.status_code = error_status(dialect, error)
     return response
-
-
-def _ollama_model(row: Mapping[str, Any], modified: int) -> dict[str, Any]:
-    name = row["name"]
-    return {
-        "name": name,
-        "model": name,
-        "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified)),
-        "size": 0,
-        "digest": "",
-        "details": {
-            "format": "",
-            "family": "",
-            "families": None,
-            "parameter_size": "",
-            "quantization_level": "",
-        },
-    }
 
 
 def model_state(states: list[BackendState]) -> str:

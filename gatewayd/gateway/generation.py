@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -128,6 +130,22 @@ class GatewayGeneration:
                 }
             )
         return rows
+
+    def expires_at(self, row: Mapping[str, Any]) -> str | None:
+        """When a running model's server will be put to sleep if no request comes (Ollama's /api/ps
+        ``expires_at``), for a server gatewayd runs; None when it is not one or is never put to sleep."""
+        for target in row["backends"]:
+            runtime = self.pool.runtimes.get(target["backend"])
+            unit = runtime.unit if runtime is not None else None
+            if unit is None or unit.process is None or not unit.running or unit.backend.always_on:
+                continue
+            limit = unit.idle_limit_seconds
+            if math.isinf(limit):
+                return None
+            remaining = max(0.0, limit - (unit.manager.clock() - unit.last_used))
+            moment = time.time() + remaining
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+        return None
 
     # -- the admin surface (/admin/backends) ----------------------------------------------------------
 

@@ -20,6 +20,7 @@ from gatewayd.gateway.core.dialects import Api, Dialect, error_body, error_statu
 from gatewayd.gateway.core.limits import Grant
 from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.guard import Guard
+from gatewayd.gateway.lifecycle import Lifecycle
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.relay import Exchange, Relay
 from gatewayd.store.keys import KeyRecord
@@ -140,7 +141,7 @@ class InferenceEndpoint:
 
     def __init__(
         self,
-        relay: Relay,
+        relay: Relay | Lifecycle,
         metrics: Metrics,
         *,
         max_body_bytes: int,

@@ -23,6 +23,7 @@ from gatewayd.gateway.core.affinity import AffinityTable
 from gatewayd.gateway.generation import GatewayGeneration
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import InferenceEndpoint
+from gatewayd.gateway.lifecycle import Lifecycle
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.relay import Relay, StreamRegistry
 
@@ -111,7 +112,7 @@ class GatewayFactory:
             affinity = self.affinity_table(config.affinity) if config.affinity.enabled else None
             relay = Relay(config, pool, transport, streams, metrics, affinity=affinity)
             inference = InferenceEndpoint(
-                relay,
+                Lifecycle(relay, pool),  # Ollama's load/unload requests are answered before the relay
                 metrics,
                 max_body_bytes=config.server.max_body_bytes,
                 access_log_enabled=config.logging.access_log,

@@ -30,7 +30,17 @@ from tests.support.fake_replies import (
 OLLAMA_VERSION = "0.6.8"
 NDJSON_HEADERS = {"Content-Type": "application/x-ndjson"}
 MODEL_SIZE_BYTES = 1_000_000
+#: the context the models run with (/api/ps) and the one they were trained for (/api/show's model_info)
 CONTEXT_LENGTH = 4096
+TRAINED_CONTEXT_LENGTH = 32768
+ARCHITECTURE = "llama"
+#: a model whose name holds this is an embedding model (capabilities ["embedding"]), as nomic-embed-text is
+EMBEDDING_MARK = "embed"
+#: a chat template that renders tools: Ollama says "tools" for such a model
+TOOLS_TEMPLATE = (
+    "{{- if .Tools }}<tools>{{ range .Tools }}{{ . }}{{ end }}</tools>{{ end }}"
+    "{{ range .Messages }}<|{{ .Role }}|>{{ .Content }}{{ end }}<|assistant|>"
+)
 #: how long /api/ps says a model stays loaded
 KEEP_ALIVE = timedelta(minutes=5)
 #: a fixed prompt evaluation time reported in the final line, in nanoseconds
@@ -47,11 +57,15 @@ def _details() -> dict[str, Any]:
     return {
         "parent_model": "",
         "format": "gguf",
-        "family": "fake",
-        "families": ["fake"],
+        "family": ARCHITECTURE,
+        "families": [ARCHITECTURE],
         "parameter_size": "1B",
         "quantization_level": "Q4_0",
     }
+
+
+def _capabilities(model: str) -> list[str]:
+    return ["embedding"] if EMBEDDING_MARK in model else ["completion", "tools"]
 
 
 def _digest(model: str) -> str:
@@ -128,20 +142,21 @@ async def show(request: web.Request) -> web.Response:
         _, model = _parse(request)
     except _BadRequest as bad:
         return bad.response
+    embedding = EMBEDDING_MARK in model
     return web.json_response(
         {
             "license": "",
             "modelfile": f"# Modelfile of {model}\nFROM {model}\n",
-            "parameters": "",
-            "template": "{{ .Prompt }}",
+            "parameters": "" if embedding else 'stop "<|user|>"\ntemperature 0.7',
+            "template": "{{ .Prompt }}" if embedding else TOOLS_TEMPLATE,
             "details": _details(),
             "model_info": {
-                "general.architecture": "fake",
+                "general.architecture": ARCHITECTURE,
                 "general.parameter_count": 1_000_000_000,
-                "fake.context_length": CONTEXT_LENGTH,
-                "fake.embedding_length": request[BEHAVIOUR].dim,
+                f"{ARCHITECTURE}.context_length": TRAINED_CONTEXT_LENGTH,
+                f"{ARCHITECTURE}.embedding_length": request[BEHAVIOUR].dim,
             },
-            "capabilities": ["completion", "embedding"],
+            "capabilities": _capabilities(model),
             "modified_at": _timestamp(),
         },
         dumps=dumps,

@@ -52,14 +52,40 @@ def sse_frame(value: Any) -> bytes:
     return f"data: {dumps(value)}\n\n".encode()
 
 
+#: what vLLM's max_model_len and llama-server's n_ctx_train say (the model's trained context)
+TRAINED_CONTEXT_LENGTH = 32768
+PARAMETER_COUNT = 1_234_567_890
+MODEL_SIZE_BYTES = 987_654_321
+
+
+def _model_entry(kind: Kind, model: str, created: int) -> dict[str, Any]:
+    """A /v1/models entry as each server writes it: OpenAI's four fields; vLLM adds root, parent,
+    max_model_len and permission; llama-server adds ``meta`` (its GGUF's figures)."""
+    entry: dict[str, Any] = {"id": model, "object": "model", "created": created, "owned_by": _OWNED_BY[kind]}
+    if kind is Kind.VLLM:
+        entry.update(
+            root=model,
+            parent=None,
+            max_model_len=TRAINED_CONTEXT_LENGTH,
+            permission=[{"id": f"modelperm-{model}", "object": "model_permission", "allow_sampling": True}],
+        )
+    elif kind is Kind.LLAMA_SERVER:
+        entry["meta"] = {
+            "vocab_type": 2,
+            "n_vocab": 151936,
+            "n_ctx_train": TRAINED_CONTEXT_LENGTH,
+            "n_embd": 1024,
+            "n_params": PARAMETER_COUNT,
+            "size": MODEL_SIZE_BYTES,
+        }
+    return entry
+
+
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     created = unix_now()
-    data = [
-        {"id": model, "object": "model", "created": created, "owned_by": _OWNED_BY[state.kind]}
-        for model in state.models
-    ]
+    data = [_model_entry(state.kind, model, created) for model in state.models]
     return web.json_response({"object": "list", "data": data}, dumps=dumps)
 
 

@@ -11,7 +11,13 @@ from aiohttp import web
 
 from tests.support.fake_http import BEHAVIOUR, STATE, Kind, dumps, openai_error, retry_headers
 
+#: the context llama-server runs with per slot (-c divided by the slots)
 CONTEXT_SIZE = 4096
+#: a chat template that renders tools (chat_template_caps.supports_tools)
+CHAT_TEMPLATE = (
+    "{%- if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}"
+    "{%- for message in messages %}<|{{ message.role }}|>{{ message.content }}{% endfor %}<|assistant|>"
+)
 
 routes = web.RouteTableDef()
 
@@ -60,11 +66,26 @@ async def props(request: web.Request) -> web.Response:
         return _loading(request)
     return web.json_response(
         {
-            "default_generation_settings": {"n_ctx": CONTEXT_SIZE},
+            "default_generation_settings": {"id": 0, "n_ctx": CONTEXT_SIZE, "params": {}},
             "total_slots": behaviour.max_concurrency,
+            "model_alias": state.models[0] if state.models else "",
             "model_path": f"/models/{state.models[0]}.gguf" if state.models else "",
-            "chat_template": "",
+            "modalities": {"vision": False, "audio": False},
+            "chat_template": CHAT_TEMPLATE,
+            "chat_template_caps": {
+                "supports_object_arguments": True,
+                "supports_parallel_tool_calls": True,
+                "supports_preserve_reasoning": False,
+                "supports_string_content": True,
+                "supports_system_role": True,
+                "supports_tool_calls": True,
+                "supports_tools": True,
+                "supports_typed_content": False,
+            },
+            "bos_token": "<s>",
+            "eos_token": "</s>",
             "build_info": "fake",
+            "is_sleeping": False,
         },
         dumps=dumps,
     )

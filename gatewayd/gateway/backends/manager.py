@@ -118,6 +118,10 @@ class ManagedBackend:
         self._idle = anyio.Event()
         #: the group scheduler that admits this backend's requests, if it is in a group
         self.group: GroupDriver | None = None
+        #: idle time set by a client's ``keep_alive`` for its last use (0 = sleep once idle, inf = never);
+        #: None = the backend's idle_ttl_seconds. Every new use clears it (Ollama's rule: each request
+        #: sets how long the model stays loaded after it)
+        self.keep_alive_seconds: float | None = None
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -151,6 +155,15 @@ class ManagedBackend:
         return None if started is None else max(0.0, time.monotonic() - started)
 
     @property
+    def idle_limit_seconds(self) -> float:
+        """How long it may stay idle before it is put to sleep: the client's keep_alive for its last use,
+        else idle_ttl_seconds (math.inf = never)."""
+        if self.keep_alive_seconds is not None:
+            return self.keep_alive_seconds
+        ttl = self.backend.idle_ttl_seconds
+        return ttl if ttl > 0 else math.inf
+
+    @property
     def running(self) -> bool:
         if self.process is None:
             return self._awake
@@ -170,6 +183,7 @@ class ManagedBackend:
                 group = self.group
                 assert group is not None
         self.leases += 1
+        self.keep_alive_seconds = None
         try:
             yield
         finally:
@@ -539,9 +553,9 @@ class BackendManager:
                 continue
             now = self.clock()
             for unit in list(self.units.values()):
-                ttl = unit.backend.idle_ttl_seconds
+                ttl = unit.idle_limit_seconds
                 if (
-                    ttl > 0
+                    ttl < math.inf
                     and not unit.backend.always_on
                     and unit.process is not None
                     and unit.running
@@ -552,7 +566,10 @@ class BackendManager:
                     self.spawn(self._sleep, unit, ttl)
 
     async def _sleep(self, unit: ManagedBackend, ttl: float) -> None:
+        reason = f"idle for {ttl:g} s"
+        if unit.keep_alive_seconds is not None:
+            reason += " (the keep_alive of its last request)"
         if unit.group is not None:
-            await unit.group.evict(unit, f"idle for {ttl:g} s")
+            await unit.group.evict(unit, reason)
         else:
-            await unit.stop(f"idle for {ttl:g} s")
+            await unit.stop(reason)

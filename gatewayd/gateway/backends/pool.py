@@ -13,10 +13,11 @@ from gatewayd.config import Backend, Config, Limits
 from gatewayd.errors import BackendError, StartupError
 from gatewayd.gateway.backends.admission import Admission
 from gatewayd.gateway.backends.manager import BackendManager, ManagedBackend, UnitState
-from gatewayd.gateway.backends.probes import probe
+from gatewayd.gateway.backends.probes import describe, probe
 from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.core.health import BackendState, Health, ProbeResult
 from gatewayd.gateway.core.inventory import Inventory
+from gatewayd.gateway.core.metadata import ModelInfo
 from gatewayd.gateway.core.routing import Load
 
 log = logging.getLogger("gatewayd.backends")
@@ -189,6 +190,7 @@ class BackendPool:
         runtime.idle_slots = result.idle_slots
         if result.models is not None:
             self.inventory.set_discovered(runtime.config.id, result.models)
+        await self._learn_models(runtime, result)
         if unit is not None and unit.process is None:
             unit.note_awake(
                 result.ok
@@ -198,6 +200,23 @@ class BackendPool:
             log.log(level, "backend %s is %s%s", runtime.config.id, runtime.health.state.value,
                     f" ({result.detail})" if result.detail else "")  # fmt: skip
         return result
+
+    async def _learn_models(self, runtime: BackendRuntime, result: ProbeResult) -> None:
+        """Cache what a successful probe's listing said about the backend's models, and ask the backend
+        about the models it has not described yet (once per model and digest: /api/show, /props)."""
+        if not result.ok or result.models is None:
+            return
+        backend_id = runtime.config.id
+        self.inventory.set_listed_info(backend_id, result.info or {})
+        undescribed = self.inventory.undescribed(backend_id, result.models)
+        if not undescribed:
+            return
+        timeout = self._config.health.probe_timeout_seconds
+        found: dict[str, ModelInfo] = {}
+        with anyio.move_on_after(timeout * 3):  # the rest is asked at the next probe
+            await describe(self._transport, runtime.config, undescribed, timeout, found)
+        for model, info in found.items():
+            self.inventory.set_described(backend_id, model, info)
 
     async def _probe_loop(
         self, runtime: BackendRuntime, first_done: Callable[[], None] | None = None
@@ -247,6 +266,7 @@ class BackendPool:
         self.inventory.add_backend(backend.id)
         if result.models is not None:
             self.inventory.set_discovered(backend.id, result.models)
+        await self._learn_models(runtime, result)
         log.info("discovered %s at %s serving %s", backend.kind.value, backend.url,
                  ", ".join(self.inventory.served_by(backend.id)) or "no models")  # fmt: skip
         if self._tg is not None:

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping, Sequence
 from typing import Any
+
+import anyio
 
 from gatewayd.config import Backend, BackendKind, Timeouts
 from gatewayd.errors import BackendError
 from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.core.health import ProbeResult
+from gatewayd.gateway.core.metadata import (
+    ModelInfo,
+    from_llama_props,
+    from_ollama_show,
+    from_ollama_tag,
+    from_openai_model,
+)
+
+#: /api/show requests sent to one Ollama at once while its models are described
+DESCRIBE_CONCURRENCY = 4
 
 
 def api_url(backend: Backend, path: str) -> str:
@@ -49,6 +62,21 @@ def _model_ids(payload: Any, *, ollama: bool) -> tuple[str, ...] | None:
         return None
 
 
+def _listed_info(payload: Any, *, ollama: bool) -> dict[str, ModelInfo] | None:
+    """What each entry of a model listing says about its model (entries that say nothing left out)."""
+    try:
+        entries = payload["models"] if ollama else payload["data"]
+        found = {}
+        for entry in entries:
+            if ollama:
+                found[str(entry.get("model") or entry["name"])] = from_ollama_tag(entry)
+            else:
+                found[str(entry["id"])] = from_openai_model(entry)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return {model: info for model, info in found.items() if not info.empty}
+
+
 async def probe(transport: Transport, backend: Backend, timeout: float) -> ProbeResult:
     """One probe of ``backend``. Never raises for a backend fault: failures are a ProbeResult(ok=False)."""
     try:
@@ -56,7 +84,11 @@ async def probe(transport: Transport, backend: Backend, timeout: float) -> Probe
             status, payload = await _get_json(transport, backend, "/api/tags", timeout)
             if status != 200:
                 return ProbeResult(ok=False, detail=f"/api/tags answered {status}")
-            return ProbeResult(ok=True, models=_model_ids(payload, ollama=True))
+            return ProbeResult(
+                ok=True,
+                models=_model_ids(payload, ollama=True),
+                info=_listed_info(payload, ollama=True),
+            )
         if backend.kind in (BackendKind.LLAMA_SERVER, BackendKind.VLLM):
             status, payload = await _get_json(transport, backend, "/health", timeout)
             if status != 200:
@@ -72,6 +104,7 @@ async def probe(transport: Transport, backend: Backend, timeout: float) -> Probe
             ok=True,
             models=_model_ids(payload, ollama=False),
             idle_slots=idle_slots,
+            info=_listed_info(payload, ollama=False),
             degraded=idle_slots == 0,  # every slot busy: routed to after backends with room
         )
     except BackendError as error:
@@ -84,3 +117,64 @@ async def _idle_slots(transport: Transport, backend: Backend, timeout: float) ->
     if status != 200 or not isinstance(payload, list):
         return None
     return sum(1 for slot in payload if isinstance(slot, dict) and not slot.get("is_processing", False))
+
+
+async def describe(
+    transport: Transport,
+    backend: Backend,
+    models: Sequence[str],
+    timeout: float,
+    found: MutableMapping[str, ModelInfo],
+) -> None:
+    """Learn what a backend tells about ``models`` beyond its listing, into ``found`` as the answers come
+    (a caller that gives up keeps those): Ollama's /api/show for each (``DESCRIBE_CONCURRENCY`` at a time),
+    llama-server's /props (one model per server: the same for all). Models it could not describe are left
+    out; never raises for a backend fault."""
+    if backend.kind is BackendKind.LLAMA_SERVER:
+        try:
+            status, payload = await _get_json(transport, backend, "/props", timeout)
+        except BackendError:
+            return
+        if status == 200 and isinstance(payload, dict):
+            info = from_llama_props(payload)
+            found.update((model, info) for model in models)
+    elif backend.kind is BackendKind.OLLAMA:
+        limiter = anyio.CapacityLimiter(DESCRIBE_CONCURRENCY)
+
+        async def show(model: str) -> None:
+            async with limiter:
+                try:
+                    status, payload = await _post_json(
+                        transport, backend, "/api/show", {"model": model}, timeout
+                    )
+                except BackendError:
+                    return
+            if status == 200 and isinstance(payload, dict):
+                found[model] = from_ollama_show(payload)
+
+        async with anyio.create_task_group() as tg:
+            for model in models:
+                tg.start_soon(show, model)
+
+
+async def _post_json(
+    transport: Transport, backend: Backend, path: str, body: Any, timeout: float
+) -> tuple[int, Any]:
+    timeouts = Timeouts(connect_seconds=timeout, first_byte_seconds=timeout, idle_seconds=timeout)
+    headers = {"Content-Type": "application/json", **auth_headers(backend)}
+    response = await transport.open(
+        "POST",
+        api_url(backend, path),
+        backend=backend.id,
+        timeouts=timeouts,
+        headers=headers,
+        body=json.dumps(body).encode(),
+    )
+    try:
+        raw = await response.read()
+    finally:
+        response.close()
+    try:
+        return response.status, json.loads(raw) if raw else None
+    except ValueError:
+        return response.status, None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from gatewayd.gateway.core.metadata import ModelInfo
 
 
 class BackendState(enum.Enum):
@@ -36,6 +39,8 @@ class ProbeResult:
     models: tuple[str, ...] | None = None
     #: idle slots reported by the backend itself (llama-server /slots), when it reports them
     idle_slots: int | None = None
+    #: what the model listing said about each model (size, digest, context length...), when it said
+    info: Mapping[str, ModelInfo] | None = None
 
 
 class Health:

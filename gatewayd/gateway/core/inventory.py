@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gatewayd.config import Route
+from gatewayd.gateway.core.metadata import ModelInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,11 @@ class Inventory:
         self._order = tuple(backend_order)
         self._declared = dict(declared)
         self._discovered: dict[str, tuple[str, ...]] = {}
+        #: per backend, what its model listing said about each model (replaced at every listing)
+        self._listed: dict[str, Mapping[str, ModelInfo]] = {}
+        #: per backend, what it told about a model when asked (/api/show, /props): fetched once per model
+        #: (again when its digest changes), kept while the backend lists the model
+        self._described: dict[str, dict[str, ModelInfo]] = {}
         self._index: dict[str, tuple[Target, ...]] = {}
         self._entries: list[ModelEntry] = []
         self._rebuild()
@@ -69,11 +75,16 @@ class Inventory:
             self._order = tuple(b for b in self._order if b != backend)
             del self._declared[backend]
             self._discovered.pop(backend, None)
+            self._listed.pop(backend, None)
+            self._described.pop(backend, None)
             self._rebuild()
 
     def set_discovered(self, backend: str, models: Iterable[str]) -> bool:
         """Record the models a backend reported. Returns True when that changed the inventory."""
         found = tuple(dict.fromkeys(models))
+        described = self._described.get(backend)
+        if described is not None:
+            self._described[backend] = {m: info for m, info in described.items() if m in found}
         if self._discovered.get(backend) == found:
             return False
         self._discovered[backend] = found
@@ -96,6 +107,46 @@ class Inventory:
     def served_by(self, backend: str) -> tuple[str, ...]:
         models = self._declared.get(backend)
         return models if models is not None else self._discovered.get(backend, ())
+
+    def set_listed_info(self, backend: str, info: Mapping[str, ModelInfo]) -> None:
+        """What the backend's latest model listing said about its models."""
+        self._listed[backend] = dict(info)
+
+    def set_described(self, backend: str, model: str, info: ModelInfo) -> None:
+        """What the backend told about one model when asked. Kept with the digest it was listed with."""
+        listed = self._listed.get(backend, {}).get(model)
+        digest = listed.digest if listed is not None else None
+        self._described.setdefault(backend, {})[model] = ModelInfo(digest=digest).merged(info)
+
+    def undescribed(self, backend: str, models: Iterable[str]) -> list[str]:
+        """Those of ``models`` the backend has not been asked about yet, or whose digest changed since."""
+        described = self._described.get(backend, {})
+        listed = self._listed.get(backend, {})
+        stale = []
+        for model in models:
+            known = described.get(model)
+            now = listed.get(model)
+            if known is None or (now is not None and now.digest != known.digest):
+                stale.append(model)
+        return stale
+
+    def info(self, backend: str, model: str) -> ModelInfo | None:
+        """What ``backend`` said about ``model``: its description first, then its listing; None when it
+        said nothing."""
+        described = self._described.get(backend, {}).get(model)
+        listed = self._listed.get(backend, {}).get(model)
+        if described is None:
+            return listed
+        return described.merged(listed)
+
+    def describe(self, name: str) -> ModelInfo | None:
+        """What the backends of a public model name said about it: the first target (in routing order)
+        whose backend said anything."""
+        for target in self.targets(name):
+            found = self.info(target.backend, target.model)
+            if found is not None:
+                return found
+        return None
 
     def entries(self) -> list[ModelEntry]:
         """Every public model, routes first (config order), then served models by name."""

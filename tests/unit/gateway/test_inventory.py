@@ -100,3 +100,20 @@ def test_backends_added_and_removed_at_run_time() -> None:
     assert inv.targets("m") == (Target("a", "m"),)
     assert inv.targets("n") == ()
     assert inv.served_by("found") == ()
+
+
+def test_model_metadata_is_cached_per_backend_and_described_once_per_digest() -> None:
+    from gatewayd.gateway.core.metadata import ModelInfo
+
+    inventory = Inventory(routes=(), backend_order=["ol"], declared={"ol": None})
+    inventory.set_discovered("ol", ["a", "b"])
+    inventory.set_listed_info("ol", {"a": ModelInfo(digest="d1", size=5)})
+    assert inventory.undescribed("ol", ["a", "b"]) == ["a", "b"]
+    inventory.set_described("ol", "a", ModelInfo(context_length=4096))
+    assert inventory.undescribed("ol", ["a", "b"]) == ["b"]
+    assert inventory.describe("a") == ModelInfo(context_length=4096, digest="d1", size=5)
+    inventory.set_listed_info("ol", {"a": ModelInfo(digest="d2", size=5)})  # pulled again
+    assert inventory.undescribed("ol", ["a"]) == ["a"]
+    inventory.set_discovered("ol", ["b"])  # a is gone: so is its description
+    inventory.set_listed_info("ol", {})
+    assert inventory.describe("a") is None
