@@ -24,7 +24,6 @@ from gatewayd import __version__
 from gatewayd.config import AuthMode
 from gatewayd.config.loader import is_loopback_host
 from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound, NotFound, RequestError
-from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.guard import Guard
@@ -319,8 +318,8 @@ def _same_origin_only(guard: Guard) -> None:
 
 def _error_response(error: RequestError) -> Response:
     dialect = dialect_of_path(request.path)
-    response = Response(error_body(dialect, error), content_type="application/json")
-    response.status_code = error_status(dialect, error)
+    response = Response(dialect.error_body(error), content_type="application/json")
+    response.status_code = dialect.error_status(error)
     return response
 
 

@@ -29,27 +29,19 @@ from gatewayd.errors import (
     RequestError,
     UpstreamStatus,
 )
+from gatewayd.gateway.backends.kinds import KINDS, auth_headers
 from gatewayd.gateway.backends.manager import ManagedBackend
 from gatewayd.gateway.backends.pool import BackendPool, BackendRuntime
-from gatewayd.gateway.backends.probes import api_url, auth_headers
+from gatewayd.gateway.backends.probes import api_url
 from gatewayd.gateway.backends.transport import Transport, UpstreamResponse
 from gatewayd.gateway.core.affinity import AffinityTable, Outcome, affinity_key
-from gatewayd.gateway.core.dialects import Api, Framing, Usage, backend_dialect, stream_error_payload
-from gatewayd.gateway.core.framing import (
-    DONE,
-    SSE_DONE,
-    NDJSONDecoder,
-    SSEDecoder,
-    encode,
-    encode_ndjson,
-    encode_sse,
-    split_complete,
-)
+from gatewayd.gateway.core.framing import Framing, NDJSONDecoder, SSEDecoder, split_complete
 from gatewayd.gateway.core.inventory import Target
-from gatewayd.gateway.core.keepalive import keepalive_event
+from gatewayd.gateway.core.profile import DialectProfile
 from gatewayd.gateway.core.routing import Preference, order_targets
-from gatewayd.gateway.core.translate import translator
-from gatewayd.gateway.core.translate_base import StreamTranslator, Translator
+from gatewayd.gateway.core.translation import StreamTranslator, Translator
+from gatewayd.gateway.core.usage import Usage
+from gatewayd.gateway.dialects.registry import Api, translator
 from gatewayd.gateway.metrics import Metrics
 
 log = logging.getLogger("gatewayd.relay")
@@ -308,6 +300,8 @@ class Relay:
         (200, this backend: no fallback from then on); a start that fails after that ends the stream with
         an error event in its dialect."""
         interval = self._config.managed.progress_interval_seconds
+        keepalive = exchange.api.endpoint.keepalive
+        assert keepalive is not None, "only streams wait with keep-alive events"
         ready = anyio.Event()
         quiet = anyio.Event()  # the keep-alive task sends nothing more: the response is ours again
 
@@ -317,7 +311,7 @@ class Relay:
                     with anyio.move_on_after(interval):
                         await ready.wait()
                         return
-                    event = keepalive_event(exchange.api, exchange.model, unit.id)
+                    event = keepalive(exchange.model, unit.id)
                     if exchange.started:
                         await send({"type": "http.response.body", "body": event, "more_body": True})
                     else:
@@ -356,7 +350,7 @@ class Relay:
         clock = time.perf_counter
         try:
             # answers name the model that produced them, as same-dialect answers relayed as bytes do
-            translation = translator(exchange.api, backend_dialect(backend.kind), client_model=target.model)
+            translation = translator(exchange.api, KINDS[backend.kind].dialect, client_model=target.model)
             body = self._upstream_body(exchange, translation, target.model)
             headers = {"Content-Type": "application/json", **auth_headers(backend)}
             started = clock()
@@ -381,7 +375,7 @@ class Relay:
             exchange.backend = backend.id
             total = backend.timeouts.total_seconds
             with anyio.fail_after(total) if total is not None else _no_timeout():
-                if exchange.stream and _is_stream(upstream, translation.upstream_framing):
+                if exchange.stream and _is_stream(upstream, translation.upstream.framing):
                     await self._relay_stream(exchange, translation, upstream, send)
                 else:
                     await self._relay_whole(exchange, translation, upstream, send)
@@ -458,25 +452,22 @@ class Relay:
     async def _relay_stream(
         self, exchange: Exchange, translation: Translator, upstream: UpstreamResponse, send: Send
     ) -> None:
-        client_framing = exchange.api.framing
+        client = exchange.api.dialect
         scope = anyio.CancelScope()
         self._streams.add(scope)
         try:
             with scope:
                 if translation.passthrough:
-                    await self._pass_stream(exchange, translation, upstream, send, client_framing)
+                    await self._pass_stream(exchange, translation, upstream, send, client)
                 else:
-                    await self._translate_stream(exchange, translation, upstream, send, client_framing)
+                    await self._translate_stream(exchange, translation, upstream, send, client)
         finally:
             self._streams.discard(scope)
         if scope.cancelled_caught:
             exchange.error = "gateway shutdown"
             if not exchange.started:
                 raise Draining(_SHUTDOWN_MESSAGE)
-            event = encode(
-                client_framing,
-                stream_error_payload(exchange.api.dialect, _SHUTDOWN_MESSAGE, "gateway_shutdown"),
-            )
+            event = client.encode(client.stream_error(_SHUTDOWN_MESSAGE, "gateway_shutdown"))
             await send({"type": "http.response.body", "body": event, "more_body": False})
 
     async def _start_stream(self, exchange: Exchange, send: Send, framing: Framing, first: bytes) -> None:
@@ -494,12 +485,13 @@ class Relay:
         translation: Translator,
         upstream: UpstreamResponse,
         send: Send,
-        framing: Framing,
+        dialect: DialectProfile,
     ) -> None:
         """Same dialect: forward whole events as bytes; parse only events that carry token counts."""
         usage = translation.stream()
-        marker = b'"usage"' if framing is Framing.SSE else b'"done"'
-        event_mark = b"data:" if framing is Framing.SSE else b"\n"
+        framing = dialect.framing
+        marker = dialect.usage_mark
+        event_mark = dialect.event_mark
         rest = b""
         waiting_since = time.perf_counter()
         async for data in upstream.chunks():
@@ -512,11 +504,11 @@ class Relay:
                 continue
             exchange.stream_events += complete.count(event_mark)
             if marker in complete:
-                _scan_usage(complete, framing, usage)
+                _scan_usage(complete, framing, marker, usage)
             if exchange.started:
                 await send({"type": "http.response.body", "body": complete, "more_body": True})
             else:
-                _check_first_events(complete, framing, exchange.backend)
+                _check_first_events(complete, dialect, exchange.backend)
                 await self._start_stream(exchange, send, framing, complete)
         if rest.strip():
             raise BadGateway(
@@ -533,12 +525,14 @@ class Relay:
         translation: Translator,
         upstream: UpstreamResponse,
         send: Send,
-        framing: Framing,
+        client: DialectProfile,
     ) -> None:
         """Other dialect: decode upstream events, translate, encode in the client's framing."""
         stream = translation.stream()
-        encode = encode_sse if framing is Framing.SSE else encode_ndjson
-        sse = translation.upstream_framing is Framing.SSE
+        framing = client.framing
+        encode = client.encode
+        done_data = translation.upstream.done_data
+        sse = translation.upstream.framing is Framing.SSE
         decoder: SSEDecoder | NDJSONDecoder = SSEDecoder() if sse else NDJSONDecoder()
         finished = False
         waiting_since = time.perf_counter()
@@ -548,7 +542,7 @@ class Relay:
                 exchange.upstream_time += now - waiting_since
                 waiting_since = now
             out: list[bytes] = []
-            for payload in _decode(decoder, data, sse):
+            for payload in _decode(decoder, data, done_data):
                 if payload is None:
                     finished = True
                     break
@@ -562,11 +556,9 @@ class Relay:
                     await self._start_stream(exchange, send, framing, chunk)
             if finished:
                 break
-        if sse and not finished:
+        if done_data is not None and not finished:
             raise BadGateway(f"backend {exchange.backend} ended the stream early", backend=exchange.backend)
-        tail = b"".join(encode(p) for p in stream.finish())
-        if framing is Framing.SSE:
-            tail += SSE_DONE
+        tail = b"".join(encode(p) for p in stream.finish()) + client.end_bytes
         exchange.usage = stream.usage
         if not exchange.started:
             await self._start_stream(exchange, send, framing, tail)
@@ -576,20 +568,22 @@ class Relay:
 
     async def _end_stream_with_error(self, exchange: Exchange, send: Send, message: str, code: str) -> None:
         exchange.error = message
-        event = encode(exchange.api.framing, stream_error_payload(exchange.api.dialect, message, code))
+        dialect = exchange.api.dialect
+        event = dialect.encode(dialect.stream_error(message, code))
         try:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except OSError:  # pragma: no cover - the client is gone too
             pass
 
 
-def _decode(decoder: SSEDecoder | NDJSONDecoder, data: bytes, sse: bool) -> list[Any]:
-    """Parsed upstream events in ``data``; None stands for SSE's [DONE]. Raises BadGateway on bad JSON."""
+def _decode(decoder: SSEDecoder | NDJSONDecoder, data: bytes, done_data: str | None) -> list[Any]:
+    """Parsed upstream events in ``data``; None stands for the SSE event whose data is ``done_data``
+    ([DONE]). Raises BadGateway on bad JSON."""
     events: list[Any] = []
     try:
         if isinstance(decoder, SSEDecoder):
             for event in decoder.feed(data):
-                if event.data == DONE:
+                if event.data == done_data:
                     events.append(None)
                     break
                 if event.data:
@@ -601,28 +595,28 @@ def _decode(decoder: SSEDecoder | NDJSONDecoder, data: bytes, sse: bool) -> list
     return events
 
 
-def _check_first_events(complete: bytes, framing: Framing, backend: str | None) -> None:
+def _check_first_events(complete: bytes, dialect: DialectProfile, backend: str | None) -> None:
     """Raise BadGateway unless the events that would start a relayed stream are JSON. Checked once, before
     the client has seen a byte, so a backend answering garbage gets a 502 (or the next candidate) rather
     than the client a stream it cannot parse; later events are relayed unparsed."""
-    sse = framing is Framing.SSE
+    sse = dialect.framing is Framing.SSE
     try:
-        _decode(SSEDecoder() if sse else NDJSONDecoder(), complete, sse)
+        _decode(SSEDecoder() if sse else NDJSONDecoder(), complete, dialect.done_data)
     except BadGateway:
         raise BadGateway(f"backend {backend} sent a stream event that is not JSON", backend=backend) from None
 
 
-def _scan_usage(complete: bytes, framing: Framing, usage: StreamTranslator) -> None:
-    """Feed the events of ``complete`` that mention token counts to the usage extractor."""
+def _scan_usage(complete: bytes, framing: Framing, marker: bytes, usage: StreamTranslator) -> None:
+    """Feed the events of ``complete`` that mention token counts (``marker``) to the usage extractor."""
     if framing is Framing.SSE:
         for block in complete.split(b"\n\n"):
-            if b'"usage"' in block:
+            if marker in block:
                 for line in block.splitlines():
-                    if line.startswith(b"data:") and b'"usage"' in line:
+                    if line.startswith(b"data:") and marker in line:
                         _feed_json(usage, line[5:])
     else:
         for line in complete.splitlines():
-            if b'"done"' in line:
+            if marker in line:
                 _feed_json(usage, line)
 
 

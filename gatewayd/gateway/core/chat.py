@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from gatewayd.gateway.core.dialects import Usage
+from gatewayd.gateway.core.usage import Usage
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -109,7 +109,7 @@ class Tool:
 
     name: str
     description: str | None = None
-    parameters: Mapping[str, Any] = _EMPTY
+    parameters: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
 class ToolMode(enum.StrEnum):
@@ -141,7 +141,7 @@ class Sampling:
     presence_penalty: float | None = None
     repeat_penalty: float | None = None
     stop: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = _EMPTY
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
 class OutputKind(enum.StrEnum):

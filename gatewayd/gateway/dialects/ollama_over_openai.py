@@ -23,22 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gatewayd.errors import BadGateway, BadRequest
-from gatewayd.gateway.core.dialects import Api, Dialect, Usage
 from gatewayd.gateway.core.jsontext import dumps
-from gatewayd.gateway.core.translate_base import (
-    EmbeddingTranslator,
-    Payload,
-    StreamTranslator,
-    Translator,
-    expect_dict,
-    now_seconds,
-    openai_usage,
-    options_stop,
-    reported_error,
-    rfc3339,
-)
+from gatewayd.gateway.core.profile import Payload
+from gatewayd.gateway.core.translation import EmbeddingTranslator, StreamTranslator, Translator
+from gatewayd.gateway.core.usage import Usage
+from gatewayd.gateway.core.wire import expect_dict, now_seconds, options_stop, reported_error, rfc3339
+from gatewayd.gateway.dialects.ollama import OLLAMA
+from gatewayd.gateway.dialects.openai_chat import OPENAI, openai_usage
 
 #: Ollama options copied unchanged into the OpenAI body
+CLIENT = OLLAMA
+UPSTREAM = OPENAI
 _SAMPLING_OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 #: how a base64 image starts -> its MIME type (Ollama sends bare base64, OpenAI wants a data: URL)
 _IMAGE_MAGIC = (
@@ -52,8 +47,8 @@ _IMAGE_MAGIC = (
 class OllamaChatOverOpenAI(Translator):
     """/api/chat on an OpenAI backend."""
 
-    def __init__(self, api: Api, backend: Dialect, *, client_model: str) -> None:
-        super().__init__(api, backend, client_model=client_model)
+    def __init__(self, *, client_model: str) -> None:
+        super().__init__(CLIENT, UPSTREAM, client_model=client_model)
         self.upstream_path = "/v1/chat/completions"
 
     def request(self, body: Payload, *, model: str, stream: bool) -> Payload:
@@ -91,8 +86,8 @@ class OllamaChatOverOpenAI(Translator):
 class OllamaGenerateOverOpenAI(Translator):
     """/api/generate on an OpenAI backend: a chat completion, or a plain completion when ``raw``."""
 
-    def __init__(self, api: Api, backend: Dialect, *, client_model: str) -> None:
-        super().__init__(api, backend, client_model=client_model)
+    def __init__(self, *, client_model: str) -> None:
+        super().__init__(CLIENT, UPSTREAM, client_model=client_model)
         self.upstream_path = "/v1/chat/completions"
         self._chat_upstream = True
 
@@ -142,8 +137,8 @@ class OllamaGenerateOverOpenAI(Translator):
 class OllamaEmbedOverOpenAI(EmbeddingTranslator):
     """/api/embed on an OpenAI backend."""
 
-    def __init__(self, api: Api, backend: Dialect, *, client_model: str) -> None:
-        super().__init__(api, backend, client_model=client_model)
+    def __init__(self, *, client_model: str) -> None:
+        super().__init__(CLIENT, UPSTREAM, client_model=client_model)
         self.upstream_path = "/v1/embeddings"
 
     def request(self, body: Payload, *, model: str, stream: bool) -> Payload:
@@ -172,8 +167,8 @@ class OllamaEmbedOverOpenAI(EmbeddingTranslator):
 class OllamaEmbeddingsOverOpenAI(EmbeddingTranslator):
     """The legacy /api/embeddings (one ``prompt``, one ``embedding``) on an OpenAI backend."""
 
-    def __init__(self, api: Api, backend: Dialect, *, client_model: str) -> None:
-        super().__init__(api, backend, client_model=client_model)
+    def __init__(self, *, client_model: str) -> None:
+        super().__init__(CLIENT, UPSTREAM, client_model=client_model)
         self.upstream_path = "/v1/embeddings"
 
     def request(self, body: Payload, *, model: str, stream: bool) -> Payload:

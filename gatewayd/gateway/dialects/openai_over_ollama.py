@@ -25,30 +25,25 @@ import struct
 from typing import Any
 
 from gatewayd.errors import BadGateway, BadRequest
-from gatewayd.gateway.core.dialects import Api, Dialect, Usage
 from gatewayd.gateway.core.jsontext import dumps
-from gatewayd.gateway.core.translate_base import (
-    EmbeddingTranslator,
-    Payload,
-    StreamTranslator,
-    Translator,
-    expect_dict,
-    new_id,
-    now_seconds,
-    ollama_usage,
-    options_stop,
-    reported_error,
-)
+from gatewayd.gateway.core.profile import Payload
+from gatewayd.gateway.core.translation import EmbeddingTranslator, StreamTranslator, Translator
+from gatewayd.gateway.core.usage import Usage
+from gatewayd.gateway.core.wire import expect_dict, new_id, now_seconds, options_stop, reported_error
+from gatewayd.gateway.dialects.ollama import OLLAMA, ollama_usage
+from gatewayd.gateway.dialects.openai_chat import OPENAI
 
 #: OpenAI fields copied unchanged into Ollama's ``options``
+CLIENT = OPENAI
+UPSTREAM = OLLAMA
 _SAMPLING_FIELDS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 
 
 class OpenAIChatOverOllama(Translator):
     """/v1/chat/completions on an Ollama backend."""
 
-    def __init__(self, api: Api, backend: Dialect, *, client_model: str) -> None:
-        super().__init__(api, backend, client_model=client_model)
+    def __init__(self, *, client_model: str) -> None:
+        super().__init__(CLIENT, UPSTREAM, client_model=client_model)
         self.upstream_path = "/api/chat"
         self._include_usage = False
 
@@ -104,8 +99,8 @@ class OpenAIChatOverOllama(Translator):
 class OpenAICompletionsOverOllama(Translator):
     """/v1/completions on an Ollama backend."""
 
-    def __init__(self, api: Api, backend: Dialect, *, client_model: str) -> None:
-        super().__init__(api, backend, client_model=client_model)
+    def __init__(self, *, client_model: str) -> None:
+        super().__init__(CLIENT, UPSTREAM, client_model=client_model)
         self.upstream_path = "/api/generate"
         self._include_usage = False
 
@@ -151,8 +146,8 @@ class OpenAIEmbeddingsOverOllama(EmbeddingTranslator):
     """/v1/embeddings on an Ollama backend. ``encoding_format: "base64"`` (the openai client's default) is
     answered with base64 of little-endian float32, as OpenAI does."""
 
-    def __init__(self, api: Api, backend: Dialect, *, client_model: str) -> None:
-        super().__init__(api, backend, client_model=client_model)
+    def __init__(self, *, client_model: str) -> None:
+        super().__init__(CLIENT, UPSTREAM, client_model=client_model)
         self.upstream_path = "/api/embed"
         self._base64 = False
 

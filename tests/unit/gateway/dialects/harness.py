@@ -18,9 +18,11 @@ import httpx2
 import ollama
 import openai
 
-from gatewayd.gateway.core.dialects import Api, Dialect, Framing, Usage, wants_stream
-from gatewayd.gateway.core.framing import SSE_DONE, NDJSONDecoder, SSEDecoder, encode
-from gatewayd.gateway.core.translate import Translator, translator
+from gatewayd.gateway.core.framing import Framing, NDJSONDecoder, SSEDecoder
+from gatewayd.gateway.core.profile import DialectProfile
+from gatewayd.gateway.core.translation import Translator
+from gatewayd.gateway.core.usage import Usage
+from gatewayd.gateway.dialects.registry import Api, translator
 
 #: the model name the backend knows, as opposed to the public name clients ask for
 BACKEND_MODEL = "backend-model"
@@ -61,9 +63,9 @@ def pump(translation: Translator, upstream: bytes, *, chunk_size: int = 7) -> tu
     translate event by event, frame for the client (SSE clients get ``[DONE]``). Returns the client's bytes
     and the token counts."""
     stream = translation.stream()
-    sse = translation.upstream_framing is Framing.SSE
+    sse = translation.upstream.framing is Framing.SSE
     decoder: SSEDecoder | NDJSONDecoder = SSEDecoder() if sse else NDJSONDecoder()
-    client = translation.api.framing
+    client = translation.client
     out: list[bytes] = []
     done = False
     for at in range(0, len(upstream), chunk_size):
@@ -71,18 +73,17 @@ def pump(translation: Translator, upstream: bytes, *, chunk_size: int = 7) -> tu
         if isinstance(decoder, SSEDecoder):
             payloads = []
             for event in decoder.feed(data):
-                if SSEDecoder.is_done(event):
+                if event.data == translation.upstream.done_data:
                     done = True
                     break
                 payloads.append(json.loads(event.data))
         else:
             payloads = [json.loads(line) for line in decoder.feed(data)]
-        out.extend(encode(client, payload) for payload in (p for raw in payloads for p in stream.event(raw)))
+        out.extend(client.encode(payload) for payload in (p for raw in payloads for p in stream.event(raw)))
         if done:
             break
-    out.extend(encode(client, payload) for payload in stream.finish())
-    if client is Framing.SSE:
-        out.append(SSE_DONE)
+    out.extend(client.encode(payload) for payload in stream.finish())
+    out.append(client.end_bytes)
     return b"".join(out), stream.usage
 
 
@@ -97,7 +98,7 @@ class Exchange:
 
 def gateway(
     api: Api,
-    backend: Dialect,
+    backend: DialectProfile,
     answer: dict[str, Any] | bytes,
     exchanges: list[Exchange],
     *,
@@ -109,7 +110,7 @@ def gateway(
     def reply(path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         assert path == api.path
         translation = translator(api, backend, client_model=body["model"])
-        stream = wants_stream(api, body)
+        stream = api.wants_stream(body)
         assert stream is isinstance(answer, bytes), (
             "the client's stream flag does not match the canned answer"
         )
