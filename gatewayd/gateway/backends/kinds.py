@@ -4,13 +4,15 @@ how its model list reads, and how it is sent the configured API key."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from gatewayd.config import Backend, BackendKind
 from gatewayd.gateway.core.profile import DialectProfile
 from gatewayd.gateway.dialects import ollama, openai_chat
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def bearer_auth(api_key: str) -> dict[str, str]:
@@ -32,6 +34,8 @@ class Kind:
     reports_slots: bool = False
     #: the headers that carry a backend's configured api_key
     auth: Callable[[str], dict[str, str]] = bearer_auth
+    #: headers every request to a server of this kind carries (e.g. an API version)
+    headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
 
 
 KINDS: Mapping[BackendKind, Kind] = MappingProxyType(
@@ -54,5 +58,9 @@ KINDS: Mapping[BackendKind, Kind] = MappingProxyType(
 
 
 def auth_headers(backend: Backend) -> dict[str, str]:
-    """The headers that send ``backend``'s api_key, in its kind's way (none without a key)."""
-    return KINDS[backend.kind].auth(backend.api_key) if backend.api_key else {}
+    """The headers every request to ``backend`` carries: its kind's, and its api_key in its kind's way."""
+    kind = KINDS[backend.kind]
+    headers = dict(kind.headers) if kind.headers else {}
+    if backend.api_key:
+        headers.update(kind.auth(backend.api_key))
+    return headers

@@ -28,7 +28,7 @@ from gatewayd.gateway.core.codec import BackendCodec, ClientCodec
 from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.profile import DialectProfile
 from gatewayd.gateway.core.translation import CodecTranslator, Passthrough, Translator
-from gatewayd.gateway.dialects import ollama, ollama_over_openai, openai_chat, openai_over_ollama
+from gatewayd.gateway.dialects import completions, embeddings, ollama, openai_chat
 from gatewayd.gateway.dialects.ollama import OLLAMA
 from gatewayd.gateway.dialects.openai_chat import OPENAI
 
@@ -91,12 +91,16 @@ class Api(enum.StrEnum):
 
 ENDPOINTS: Mapping[Api, Endpoint] = MappingProxyType(
     {
-        Api.OPENAI_CHAT: Endpoint("/v1/chat/completions", OPENAI, Operation.CHAT, openai_chat.keepalive),
+        Api.OPENAI_CHAT: Endpoint(
+            "/v1/chat/completions", OPENAI, Operation.CHAT, openai_chat.keepalive, openai_chat.ChatClient
+        ),
         Api.OPENAI_COMPLETIONS: Endpoint(
             "/v1/completions", OPENAI, Operation.COMPLETION, openai_chat.keepalive
         ),
         Api.OPENAI_EMBEDDINGS: Endpoint("/v1/embeddings", OPENAI, Operation.EMBEDDING),
-        Api.OLLAMA_CHAT: Endpoint("/api/chat", OLLAMA, Operation.CHAT, ollama.chat_keepalive),
+        Api.OLLAMA_CHAT: Endpoint(
+            "/api/chat", OLLAMA, Operation.CHAT, ollama.chat_keepalive, ollama.ChatClient
+        ),
         Api.OLLAMA_GENERATE: Endpoint(
             "/api/generate", OLLAMA, Operation.COMPLETION, ollama.generate_keepalive
         ),
@@ -109,18 +113,18 @@ ENDPOINTS: Mapping[Api, Endpoint] = MappingProxyType(
 ROUTES: Mapping[str, Api] = MappingProxyType({endpoint.path: api for api, endpoint in ENDPOINTS.items()})
 
 #: a backend dialect -> a fresh codec for a chat request sent to it
-BACKEND_CHAT: Mapping[DialectProfile, Callable[[], BackendCodec]] = MappingProxyType({})
+BACKEND_CHAT: Mapping[DialectProfile, Callable[[], BackendCodec]] = MappingProxyType(
+    {OPENAI: openai_chat.ChatBackend, OLLAMA: ollama.ChatBackend}
+)
 
 #: (client endpoint, backend dialect) -> a direct translator, where the request does not go through core.chat
 DIRECT: Mapping[tuple[Api, DialectProfile], Callable[..., Translator]] = MappingProxyType(
     {
-        (Api.OPENAI_CHAT, OLLAMA): openai_over_ollama.OpenAIChatOverOllama,
-        (Api.OPENAI_COMPLETIONS, OLLAMA): openai_over_ollama.OpenAICompletionsOverOllama,
-        (Api.OPENAI_EMBEDDINGS, OLLAMA): openai_over_ollama.OpenAIEmbeddingsOverOllama,
-        (Api.OLLAMA_CHAT, OPENAI): ollama_over_openai.OllamaChatOverOpenAI,
-        (Api.OLLAMA_GENERATE, OPENAI): ollama_over_openai.OllamaGenerateOverOpenAI,
-        (Api.OLLAMA_EMBED, OPENAI): ollama_over_openai.OllamaEmbedOverOpenAI,
-        (Api.OLLAMA_EMBEDDINGS, OPENAI): ollama_over_openai.OllamaEmbeddingsOverOpenAI,
+        (Api.OPENAI_COMPLETIONS, OLLAMA): completions.OpenAICompletionsOverOllama,
+        (Api.OPENAI_EMBEDDINGS, OLLAMA): embeddings.OpenAIEmbeddingsOverOllama,
+        (Api.OLLAMA_GENERATE, OPENAI): completions.OllamaGenerateOverOpenAI,
+        (Api.OLLAMA_EMBED, OPENAI): embeddings.OllamaEmbedOverOpenAI,
+        (Api.OLLAMA_EMBEDDINGS, OPENAI): embeddings.OllamaEmbeddingsOverOpenAI,
     }
 )
 
