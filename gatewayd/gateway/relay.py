@@ -26,7 +26,6 @@ from gatewayd.errors import (
     Draining,
     ModelNotFound,
     Overloaded,
-    RequestError,
     UpstreamStatus,
 )
 from gatewayd.gateway.backends.kinds import KINDS, auth_headers
@@ -35,11 +34,11 @@ from gatewayd.gateway.backends.pool import BackendPool, BackendRuntime
 from gatewayd.gateway.backends.probes import api_url
 from gatewayd.gateway.backends.transport import Transport, UpstreamResponse
 from gatewayd.gateway.core.affinity import AffinityTable, Outcome, affinity_key
-from gatewayd.gateway.core.framing import Framing, NDJSONDecoder, SSEDecoder, split_complete
+from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.inventory import Target
-from gatewayd.gateway.core.profile import DialectProfile
 from gatewayd.gateway.core.routing import Preference, order_targets
-from gatewayd.gateway.core.translation import StreamTranslator, Translator
+from gatewayd.gateway.core.stream import StreamMachine, stream_machine
+from gatewayd.gateway.core.translation import Translator
 from gatewayd.gateway.core.usage import Usage
 from gatewayd.gateway.dialects.registry import Api, translator
 from gatewayd.gateway.metrics import Metrics
@@ -452,15 +451,18 @@ class Relay:
     async def _relay_stream(
         self, exchange: Exchange, translation: Translator, upstream: UpstreamResponse, send: Send
     ) -> None:
+        """Relay a streamed answer through its stream machine (``core.stream``): bytes in, bytes out."""
         client = exchange.api.dialect
         scope = anyio.CancelScope()
         self._streams.add(scope)
         try:
             with scope:
-                if translation.passthrough:
-                    await self._pass_stream(exchange, translation, upstream, send, client)
-                else:
-                    await self._translate_stream(exchange, translation, upstream, send, client)
+                await self._pump(
+                    exchange,
+                    stream_machine(translation, exchange.backend, started=exchange.started),
+                    upstream,
+                    send,
+                )
         finally:
             self._streams.discard(scope)
         if scope.cancelled_caught:
@@ -479,92 +481,34 @@ class Relay:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": first, "more_body": True})
 
-    async def _pass_stream(
-        self,
-        exchange: Exchange,
-        translation: Translator,
-        upstream: UpstreamResponse,
-        send: Send,
-        dialect: DialectProfile,
+    async def _pump(
+        self, exchange: Exchange, machine: StreamMachine, upstream: UpstreamResponse, send: Send
     ) -> None:
-        """Same dialect: forward whole events as bytes; parse only events that carry token counts."""
-        usage = translation.stream()
-        framing = dialect.framing
-        marker = dialect.usage_mark
-        event_mark = dialect.event_mark
-        rest = b""
+        framing = exchange.api.framing
         waiting_since = time.perf_counter()
-        async for data in upstream.chunks():
-            if not exchange.started:  # the wait for the first event is the backend's time, not ours
-                now = time.perf_counter()
-                exchange.upstream_time += now - waiting_since
-                waiting_since = now
-            complete, rest = split_complete(rest + data if rest else data, framing)
-            if not complete:
-                continue
-            exchange.stream_events += complete.count(event_mark)
-            if marker in complete:
-                _scan_usage(complete, framing, marker, usage)
-            if exchange.started:
-                await send({"type": "http.response.body", "body": complete, "more_body": True})
-            else:
-                _check_first_events(complete, dialect, exchange.backend)
-                await self._start_stream(exchange, send, framing, complete)
-        if rest.strip():
-            raise BadGateway(
-                f"backend {exchange.backend} ended the stream mid-event", backend=exchange.backend
-            )
-        exchange.usage = usage.usage
-        if not exchange.started:
-            raise BadGateway(f"backend {exchange.backend} sent an empty stream", backend=exchange.backend)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _translate_stream(
-        self,
-        exchange: Exchange,
-        translation: Translator,
-        upstream: UpstreamResponse,
-        send: Send,
-        client: DialectProfile,
-    ) -> None:
-        """Other dialect: decode upstream events, translate, encode in the client's framing."""
-        stream = translation.stream()
-        framing = client.framing
-        encode = client.encode
-        done_data = translation.upstream.done_data
-        sse = translation.upstream.framing is Framing.SSE
-        decoder: SSEDecoder | NDJSONDecoder = SSEDecoder() if sse else NDJSONDecoder()
-        finished = False
-        waiting_since = time.perf_counter()
-        async for data in upstream.chunks():
-            if not exchange.started:  # the wait for the first event is the backend's time, not ours
-                now = time.perf_counter()
-                exchange.upstream_time += now - waiting_since
-                waiting_since = now
-            out: list[bytes] = []
-            for payload in _decode(decoder, data, done_data):
-                if payload is None:
-                    finished = True
+        try:
+            async for data in upstream.chunks():
+                if not exchange.started:  # the wait for the first event is the backend's time, not ours
+                    now = time.perf_counter()
+                    exchange.upstream_time += now - waiting_since
+                    waiting_since = now
+                out = machine.feed(data)
+                if out:
+                    if exchange.started:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    else:
+                        await self._start_stream(exchange, send, framing, out)
+                if machine.finished:
                     break
-                out.extend(encode(p) for p in stream.event(payload))
-            if out:
-                exchange.stream_events += len(out)
-                chunk = b"".join(out)
-                if exchange.started:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                else:
-                    await self._start_stream(exchange, send, framing, chunk)
-            if finished:
-                break
-        if done_data is not None and not finished:
-            raise BadGateway(f"backend {exchange.backend} ended the stream early", backend=exchange.backend)
-        tail = b"".join(encode(p) for p in stream.finish()) + client.end_bytes
-        exchange.usage = stream.usage
-        if not exchange.started:
+            tail = machine.end()
+        finally:
+            exchange.stream_events = machine.events
+        exchange.usage = machine.usage
+        if exchange.started:
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        else:
             await self._start_stream(exchange, send, framing, tail)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        else:
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _end_stream_with_error(self, exchange: Exchange, send: Send, message: str, code: str) -> None:
         exchange.error = message
@@ -573,62 +517,6 @@ class Relay:
         try:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except OSError:  # pragma: no cover - the client is gone too
-            pass
-
-
-def _decode(decoder: SSEDecoder | NDJSONDecoder, data: bytes, done_data: str | None) -> list[Any]:
-    """Parsed upstream events in ``data``; None stands for the SSE event whose data is ``done_data``
-    ([DONE]). Raises BadGateway on bad JSON."""
-    events: list[Any] = []
-    try:
-        if isinstance(decoder, SSEDecoder):
-            for event in decoder.feed(data):
-                if event.data == done_data:
-                    events.append(None)
-                    break
-                if event.data:
-                    events.append(json.loads(event.data))
-        else:
-            events.extend(json.loads(line) for line in decoder.feed(data))
-    except ValueError:
-        raise BadGateway("backend sent a stream event that is not JSON") from None
-    return events
-
-
-def _check_first_events(complete: bytes, dialect: DialectProfile, backend: str | None) -> None:
-    """Raise BadGateway unless the events that would start a relayed stream are JSON. Checked once, before
-    the client has seen a byte, so a backend answering garbage gets a 502 (or the next candidate) rather
-    than the client a stream it cannot parse; later events are relayed unparsed."""
-    sse = dialect.framing is Framing.SSE
-    try:
-        _decode(SSEDecoder() if sse else NDJSONDecoder(), complete, dialect.done_data)
-    except BadGateway:
-        raise BadGateway(f"backend {backend} sent a stream event that is not JSON", backend=backend) from None
-
-
-def _scan_usage(complete: bytes, framing: Framing, marker: bytes, usage: StreamTranslator) -> None:
-    """Feed the events of ``complete`` that mention token counts (``marker``) to the usage extractor."""
-    if framing is Framing.SSE:
-        for block in complete.split(b"\n\n"):
-            if marker in block:
-                for line in block.splitlines():
-                    if line.startswith(b"data:") and marker in line:
-                        _feed_json(usage, line[5:])
-    else:
-        for line in complete.splitlines():
-            if marker in line:
-                _feed_json(usage, line)
-
-
-def _feed_json(usage: StreamTranslator, raw: bytes) -> None:
-    try:
-        payload = json.loads(raw)
-    except ValueError:
-        return
-    if isinstance(payload, dict):
-        try:
-            usage.event(payload)
-        except RequestError:
             pass
 
 

@@ -18,8 +18,8 @@ import httpx2
 import ollama
 import openai
 
-from gatewayd.gateway.core.framing import Framing, NDJSONDecoder, SSEDecoder
 from gatewayd.gateway.core.profile import DialectProfile
+from gatewayd.gateway.core.stream import stream_machine
 from gatewayd.gateway.core.translation import Translator
 from gatewayd.gateway.core.usage import Usage
 from gatewayd.gateway.dialects.registry import Api, translator
@@ -59,32 +59,17 @@ def ollama_client(reply: Reply) -> ollama.Client:
 
 
 def pump(translation: Translator, upstream: bytes, *, chunk_size: int = 7) -> tuple[bytes, Usage]:
-    """What the relay does with a streamed answer: decode the upstream framing in ``chunk_size`` pieces,
-    translate event by event, frame for the client (SSE clients get ``[DONE]``). Returns the client's bytes
-    and the token counts."""
-    stream = translation.stream()
-    sse = translation.upstream.framing is Framing.SSE
-    decoder: SSEDecoder | NDJSONDecoder = SSEDecoder() if sse else NDJSONDecoder()
-    client = translation.client
+    """What the relay does with a streamed answer: feed the upstream bytes in ``chunk_size`` pieces to the
+    stream machine (``core.stream``) and collect what it would send. Returns the client's bytes and the
+    token counts."""
+    machine = stream_machine(translation, "backend")
     out: list[bytes] = []
-    done = False
     for at in range(0, len(upstream), chunk_size):
-        data = upstream[at : at + chunk_size]
-        if isinstance(decoder, SSEDecoder):
-            payloads = []
-            for event in decoder.feed(data):
-                if event.data == translation.upstream.done_data:
-                    done = True
-                    break
-                payloads.append(json.loads(event.data))
-        else:
-            payloads = [json.loads(line) for line in decoder.feed(data)]
-        out.extend(client.encode(payload) for payload in (p for raw in payloads for p in stream.event(raw)))
-        if done:
+        out.append(machine.feed(upstream[at : at + chunk_size]))
+        if machine.finished:
             break
-    out.extend(client.encode(payload) for payload in stream.finish())
-    out.append(client.end_bytes)
-    return b"".join(out), stream.usage
+    out.append(machine.end())
+    return b"".join(out), machine.usage
 
 
 @dataclass
