@@ -1,9 +1,10 @@
 """The relay: takes one parsed client request to a backend and its answer back to the client.
 
-It owns the attempt loop (fallback only before the client has seen a byte), admission, upstream timeouts,
-byte-level relaying of same-dialect streams (cut at event boundaries, never re-encoded), translation of
-cross-dialect answers, the clean ending of a broken or shut-down stream, and the bookkeeping of the exchange
-(backend, attempts, time to first token, usage) that the access log and metrics read afterwards.
+It owns the attempt loop (fallback only before the client has seen a byte), admission, ordering and
+affinity, upstream timeouts, the IO of the answer, the clean ending of a broken or shut-down stream, and
+the bookkeeping of the exchange (backend, attempts, time to first token, usage) that the access log and
+metrics read afterwards. What happens to the answer's bytes (passed through as they are, or translated)
+is decided by the dialect registry's translator and done by the pure stream machine in ``core.stream``.
 """
 
 from __future__ import annotations
