@@ -48,7 +48,7 @@ class Endpoint:
     operation: Operation
     #: one keep-alive event for a stream waiting for its backend to start: (model, backend id) -> bytes
     keepalive: Callable[[str, str], bytes] | None = None
-    #: chat endpoints: a fresh client codec (one per request)
+    #: endpoints translated through core.chat: a fresh client codec (one per request)
     client_codec: Callable[[], ClientCodec] | None = None
 
 
