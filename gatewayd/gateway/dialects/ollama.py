@@ -248,6 +248,9 @@ class _LineEncoder(StreamEncoder):
         return self.events([event])
 
     def events(self, events: list[ChatEvent]) -> list[Payload]:
+        first = events[0] if len(events) == 1 else None
+        if isinstance(first, TextDelta):  # most of a stream
+            return [self._line(first.text, "")]
         text: list[str] = []
         thinking: list[str] = []
         finish: Finish | None = None

@@ -242,6 +242,10 @@ class _ChunkEncoder(StreamEncoder):
         return self.events([event])
 
     def events(self, events: list[ChatEvent]) -> list[Payload]:
+        first = events[0] if len(events) == 1 else None
+        if isinstance(first, TextDelta) and self._role_sent:  # most of a stream
+            choice = {"index": 0, "delta": {"content": first.text}, "logprobs": None, "finish_reason": None}
+            return [self._chunk(choice)]
         out: list[Payload] = []
         text: list[str] = []
         thinking: list[str] = []
