@@ -159,6 +159,11 @@ _IMAGE_MAGIC = (
     ("UklGR", "image/webp"),
 )
 
+#: shared defaults (the values are frozen)
+_TEXT = OutputFormat()
+_NO_REASONING = Reasoning()
+_NO_SAMPLING = Sampling()
+
 
 class ChatClient(ClientCodec):
     """/api/chat as an Ollama client speaks it."""
@@ -387,7 +392,7 @@ def _decode_tools(tools: object) -> tuple[Tool, ...]:
 
 def _decode_options(options: object) -> Sampling:
     if options is None:
-        return Sampling()
+        return _NO_SAMPLING
     if not isinstance(options, dict):
         raise BadRequest("'options' must be an object", param="options")
     sampling: dict[str, Any] = {
@@ -411,7 +416,7 @@ def _decode_think(think: object) -> Reasoning:
         return Reasoning(enabled=think)
     if isinstance(think, str):  # "low" / "medium" / "high" (gpt-oss)
         return Reasoning(enabled=True, effort=think)
-    return Reasoning()
+    return _NO_REASONING
 
 
 def _decode_format(fmt: object) -> OutputFormat:
@@ -419,7 +424,7 @@ def _decode_format(fmt: object) -> OutputFormat:
         return OutputFormat(OutputKind.JSON)
     if isinstance(fmt, dict):
         return OutputFormat(OutputKind.JSON_SCHEMA, fmt)
-    return OutputFormat()
+    return _TEXT
 
 
 def _encode_answer_call(name: str, arguments: str) -> Payload:
