@@ -18,6 +18,9 @@ streamed call's pieces are collected and sent in one line before the last).
 tool results name the tool instead), ``tool_choice`` (tools are left out for ``"none"``),
 ``parallel_tool_calls``, reasoning effort, logprobs and ``user``. Refused with ``BadRequest``: images by
 URL (the core does no IO: Ollama takes base64 only), tool-call arguments that are not a JSON object.
+
+(Past 600 lines on purpose: the module is the whole dialect, both sides, and each side's decoder sits
+next to the encoder of the same shapes.)
 """
 
 from __future__ import annotations
