@@ -11,9 +11,8 @@ from gatewayd.config import ServerSettings
 from gatewayd.errors import AccessRefused
 from gatewayd.gateway.core import access
 from gatewayd.gateway.core.access import ALLOWED, AccessPolicy, Decision, Verdict
-from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.requestid import request_id
-from gatewayd.gateway.inference import dialect_of_path
+from gatewayd.gateway.dialects.registry import dialect_of_path
 
 Scope = MutableMapping[str, Any]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -56,14 +55,14 @@ class AccessEdge:
     async def _refuse(self, scope: Scope, send: Send, error: AccessRefused) -> None:
         path = scope["path"]
         dialect = dialect_of_path(path)
-        body = error_body(dialect, error)
+        body = dialect.error_body(error)
         rid = request_id(_header(scope, b"x-request-id"))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"x-request-id", rid.encode()),
         ]
-        status = error_status(dialect, error)
+        status = dialect.error_status(error)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
         if self._log:

@@ -22,7 +22,6 @@ from werkzeug.exceptions import HTTPException
 from gatewayd import __version__
 from gatewayd.config import AuthMode
 from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound, NotFound, RequestError
-from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.core.metadata import ollama_show as ollama_show_body
 from gatewayd.gateway.core.metadata import ollama_tag, openai_fields
@@ -324,8 +323,8 @@ def _scope_headers() -> list[tuple[bytes, bytes]]:
 
 def _error_response(error: RequestError) -> Response:
     dialect = dialect_of_path(request.path)
-    response = Response(error_body(dialect, error), content_type="application/json")
-    response.status_code = error_status(dialect, error)
+    response = Response(dialect.error_body(error), content_type="application/json")
+    response.status_code = dialect.error_status(error)
     return response
 
 

@@ -16,9 +16,9 @@ import anyio
 
 from gatewayd.errors import BadRequest, KeyLimitError, PayloadTooLarge, RequestError
 from gatewayd.gateway.activity import Activity
-from gatewayd.gateway.core.dialects import Api, Dialect, error_body, error_status, wants_stream
 from gatewayd.gateway.core.limits import Grant
 from gatewayd.gateway.core.requestid import request_id
+from gatewayd.gateway.dialects.registry import ROUTES, Api, dialect_of_path
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.lifecycle import Lifecycle
 from gatewayd.gateway.metrics import Metrics
@@ -32,7 +32,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 access_log = logging.getLogger("gatewayd.access")
 
 #: POST paths served here, and the API each one speaks
-INFERENCE_ROUTES: dict[str, Api] = {api.path: api for api in Api}
+INFERENCE_ROUTES: dict[str, Api] = dict(ROUTES)
 #: HTTP status logged for a request whose client went away before the answer
 CLIENT_CLOSED_REQUEST = 499
 #: a request starts watching for its client's disconnect once it has lasted this long
@@ -173,10 +173,10 @@ class InferenceEndpoint:
         key: KeyRecord | None = None
         grant: Grant | None = None
         try:
-            key = self._guard.authenticate(scope["headers"])  # before the body is read
+            key = self._guard.authenticate(scope["headers"], api.dialect.api_key)  # before the body is read
             exchange.raw = await read_body(scope, receive, self._limit)
             exchange.body, exchange.model = parse_request(api, exchange.raw)
-            exchange.stream = wants_stream(api, exchange.body)
+            exchange.stream = api.wants_stream(exchange.body)
             grant = await self._guard.admit(key, exchange.model, len(exchange.raw))
             if grant is not None:
                 exchange.rate_headers = grant.headers
@@ -217,10 +217,10 @@ class InferenceEndpoint:
 
     async def _send_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
         dialect = exchange.api.dialect
-        status = error_status(dialect, error)
+        status = dialect.error_status(error)
         exchange.status = status
         exchange.error = error.message
-        body = error_body(dialect, error)
+        body = dialect.error_body(error)
         headers = exchange.response_headers(b"application/json")
         headers.append((b"content-length", str(len(body)).encode()))
         if error.retry_after is not None:
@@ -285,5 +285,5 @@ class InferenceEndpoint:
             )
 
 
-def dialect_of_path(path: str) -> Dialect:
-    return Dialect.OLLAMA if path.startswith("/api/") else Dialect.OPENAI
+#: re-exported for the app's error handler
+__all__ = ["INFERENCE_ROUTES", "InferenceEndpoint", "dialect_of_path", "read_body"]

@@ -24,7 +24,7 @@ from typing import Any
 from gatewayd.config import BackendKind
 from gatewayd.errors import ModelNotFound
 from gatewayd.gateway.backends.pool import BackendPool
-from gatewayd.gateway.core.dialects import Api, Framing
+from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.inventory import Target
 from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.lifecycle import (
@@ -34,6 +34,7 @@ from gatewayd.gateway.core.lifecycle import (
     lifecycle_request,
     lifecycle_response,
 )
+from gatewayd.gateway.dialects.registry import Api
 from gatewayd.gateway.relay import Exchange, Relay
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -54,7 +55,7 @@ class Lifecycle:
         if exchange.api not in _CHAT_AND_GENERATE:  # a set lookup: this runs on every request
             await self._relay.relay(exchange, send)
             return
-        request = lifecycle_request(exchange.api, exchange.body)
+        request = lifecycle_request(exchange.body, chat=exchange.api is Api.OLLAMA_CHAT)
         if request is None:
             keep_alive = keep_alive_seconds(exchange.body.get("keep_alive"))
             await self._relay.relay(exchange, send)
@@ -107,7 +108,9 @@ class Lifecycle:
 
     async def _answer(self, exchange: Exchange, action: Action, send: Send) -> None:
         """Ollama's final object, as one NDJSON line when the client streams (one JSON object otherwise)."""
-        body = dumps(lifecycle_response(exchange.api, exchange.model, action)).encode()
+        body = dumps(
+            lifecycle_response(exchange.model, action, chat=exchange.api is Api.OLLAMA_CHAT)
+        ).encode()
         if exchange.stream:
             body += b"\n"
             content_type = Framing.NDJSON.content_type.encode()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from gatewayd.gateway.core.dialects import Usage
+from gatewayd.gateway.core.usage import Usage
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -109,7 +109,7 @@ class Tool:
 
     name: str
     description: str | None = None
-    parameters: Mapping[str, Any] = _EMPTY
+    parameters: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
 class ToolMode(enum.StrEnum):
@@ -141,7 +141,7 @@ class Sampling:
     presence_penalty: float | None = None
     repeat_penalty: float | None = None
     stop: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = _EMPTY
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
 class OutputKind(enum.StrEnum):
@@ -177,11 +177,11 @@ class ChatRequest:
     messages: tuple[Message, ...]
     stream: bool = False
     tools: tuple[Tool, ...] = ()
-    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    tool_choice: ToolChoice = ToolChoice()  # frozen: one shared default
     parallel_tool_calls: bool | None = None
-    sampling: Sampling = field(default_factory=Sampling)
-    output: OutputFormat = field(default_factory=OutputFormat)
-    reasoning: Reasoning = field(default_factory=Reasoning)
+    sampling: Sampling = Sampling()  # frozen: one shared default
+    output: OutputFormat = OutputFormat()  # frozen: one shared default
+    reasoning: Reasoning = Reasoning()  # frozen: one shared default
     #: logprobs wanted: None for none, else how many alternatives per token (0: only the chosen token)
     top_logprobs: int | None = None
     #: the client's end-user id (OpenAI ``user``, Anthropic ``metadata.user_id``), for backends that log it

@@ -7,11 +7,11 @@ a UTF-8 character is harmless (line terminators are ASCII and never occur inside
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gatewayd.gateway.core.dialects import Framing
 from gatewayd.gateway.core.jsontext import dumps
 
 #: the data of the SSE event that ends an OpenAI stream
@@ -20,6 +20,17 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 _CR = 0x0D
 _LF = 0x0A
+
+
+class Framing(enum.StrEnum):
+    """How a dialect frames a streamed answer (its end rule is the dialect profile's)."""
+
+    SSE = "sse"  # text/event-stream: "data: <json>\n\n" events, with or without "event:" names
+    NDJSON = "ndjson"  # application/x-ndjson: one JSON object per line
+
+    @property
+    def content_type(self) -> str:
+        return "text/event-stream" if self is Framing.SSE else "application/x-ndjson"
 
 
 def split_complete(buffer: bytes | bytearray, framing: Framing) -> tuple[bytes, bytes]:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gatewayd.errors import BadRequest
-from gatewayd.gateway.core.dialects import Api
 
 _UNIT_SECONDS: Mapping[str, float] = {
     "ns": 1e-9,
@@ -91,27 +90,21 @@ def _go_duration(text: str) -> float | None:
     return math.inf if sign < 0 and total > 0 else total
 
 
-def lifecycle_request(api: Api, body: Mapping[str, Any]) -> LifecycleRequest | None:
-    """The load or unload ``body`` asks for, or None when it asks for a generation (or is not an Ollama
-    generate or chat request). Raises BadRequest for an invalid keep_alive."""
-    if api is Api.OLLAMA_GENERATE:
-        if body.get("prompt") or body.get("images"):
-            return None
-    elif api is Api.OLLAMA_CHAT:
-        if body.get("messages"):
-            return None
-    else:
+def lifecycle_request(body: Mapping[str, Any], *, chat: bool) -> LifecycleRequest | None:
+    """The load or unload an Ollama chat (``chat``) or generate ``body`` asks for, or None when it asks
+    for a generation. Raises BadRequest for an invalid keep_alive."""
+    if body.get("messages") if chat else (body.get("prompt") or body.get("images")):
         return None
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     action = Action.UNLOAD if keep_alive == 0 else Action.LOAD
     return LifecycleRequest(action, keep_alive)
 
 
-def lifecycle_response(api: Api, model: str, action: Action, now: float | None = None) -> dict[str, Any]:
+def lifecycle_response(model: str, action: Action, *, chat: bool, now: float | None = None) -> dict[str, Any]:
     """Ollama's answer to a load or unload: a final object with ``done: true`` and ``done_reason``."""
     moment = time.time() if now is None else now
     created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment % 1 * 1e6):06d}Z"
-    if api is Api.OLLAMA_CHAT:
+    if chat:
         return {
             "model": model,
             "created_at": created,

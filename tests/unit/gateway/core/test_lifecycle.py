@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from gatewayd.errors import BadRequest
-from gatewayd.gateway.core.dialects import Api
 from gatewayd.gateway.core.lifecycle import Action, keep_alive_seconds, lifecycle_request, lifecycle_response
 
 
@@ -40,30 +39,28 @@ def test_keep_alive_refuses_what_ollama_refuses(value: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("api", "body", "action"),
+    ("chat", "body", "action"),
     [
-        (Api.OLLAMA_GENERATE, {"model": "m"}, Action.LOAD),
-        (Api.OLLAMA_GENERATE, {"model": "m", "prompt": ""}, Action.LOAD),
-        (Api.OLLAMA_GENERATE, {"model": "m", "keep_alive": 0}, Action.UNLOAD),
-        (Api.OLLAMA_GENERATE, {"model": "m", "keep_alive": "0s"}, Action.UNLOAD),
-        (Api.OLLAMA_GENERATE, {"model": "m", "keep_alive": "10m"}, Action.LOAD),
-        (Api.OLLAMA_CHAT, {"model": "m", "messages": []}, Action.LOAD),
-        (Api.OLLAMA_CHAT, {"model": "m"}, Action.LOAD),
-        (Api.OLLAMA_CHAT, {"model": "m", "messages": [], "keep_alive": 0}, Action.UNLOAD),
-        (Api.OLLAMA_GENERATE, {"model": "m", "prompt": "hi"}, None),
-        (Api.OLLAMA_GENERATE, {"model": "m", "images": ["aGk="]}, None),
-        (Api.OLLAMA_CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, None),
-        (Api.OPENAI_CHAT, {"model": "m", "messages": []}, None),
-        (Api.OLLAMA_EMBED, {"model": "m"}, None),
+        (False, {"model": "m"}, Action.LOAD),
+        (False, {"model": "m", "prompt": ""}, Action.LOAD),
+        (False, {"model": "m", "keep_alive": 0}, Action.UNLOAD),
+        (False, {"model": "m", "keep_alive": "0s"}, Action.UNLOAD),
+        (False, {"model": "m", "keep_alive": "10m"}, Action.LOAD),
+        (True, {"model": "m", "messages": []}, Action.LOAD),
+        (True, {"model": "m"}, Action.LOAD),
+        (True, {"model": "m", "messages": [], "keep_alive": 0}, Action.UNLOAD),
+        (False, {"model": "m", "prompt": "hi"}, None),
+        (False, {"model": "m", "images": ["aGk="]}, None),
+        (True, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, None),
     ],
 )
-def test_what_is_a_lifecycle_request(api: Api, body: dict[str, Any], action: Action | None) -> None:
-    request = lifecycle_request(api, body)
+def test_what_is_a_lifecycle_request(chat: bool, body: dict[str, Any], action: Action | None) -> None:
+    request = lifecycle_request(body, chat=chat)
     assert (request.action if request is not None else None) is action
 
 
 def test_the_answers_have_ollamas_shape() -> None:
-    generate = lifecycle_response(Api.OLLAMA_GENERATE, "m", Action.LOAD, now=0.5)
+    generate = lifecycle_response("m", Action.LOAD, chat=False, now=0.5)
     assert generate == {
         "model": "m",
         "created_at": "1970-01-01T00:00:00.500000Z",
@@ -71,6 +68,6 @@ def test_the_answers_have_ollamas_shape() -> None:
         "done": True,
         "done_reason": "load",
     }
-    chat = lifecycle_response(Api.OLLAMA_CHAT, "m", Action.UNLOAD, now=0.0)
+    chat = lifecycle_response("m", Action.UNLOAD, chat=True, now=0.0)
     assert chat["message"] == {"role": "assistant", "content": ""}
     assert chat["done_reason"] == "unload"
