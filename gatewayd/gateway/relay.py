@@ -20,10 +20,10 @@ import anyio
 from gatewayd.config import Config
 from gatewayd.errors import (
     BackendError,
+    BackendRefused,
     BackendTimeout,
     BackendUnavailable,
     BadGateway,
-    Draining,
     ModelNotFound,
     Overloaded,
     RequestError,
@@ -60,7 +60,6 @@ _CONTENT_TYPES = MappingProxyType({framing: framing.content_type.encode() for fr
 _JSON = b"application/json"
 #: upstream statuses that move a request to the next candidate (before the client saw a byte)
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-_SHUTDOWN_MESSAGE = "the gateway is shutting down; retry the request"
 
 
 class Exchange:
@@ -152,19 +151,22 @@ class Exchange:
 
 
 class StreamRegistry:
-    """The cancel scopes of the streams a generation is relaying, so ``end_all`` can end them cleanly."""
+    """The cancel scopes of the requests a generation is serving, so that ``end_all`` (its drain time is
+    up) can end every one cleanly: the request's owner (``InferenceEndpoint``) registers it and, once
+    ended, answers 503 Draining or ends its stream with a shutdown event. ``len`` counts the streams."""
 
     def __init__(self) -> None:
-        self._scopes: set[anyio.CancelScope] = set()
+        #: each scope, and whether its request streams
+        self._scopes: dict[anyio.CancelScope, bool] = {}
         self.ending = False
 
-    def add(self, scope: anyio.CancelScope) -> None:
+    def add(self, scope: anyio.CancelScope, *, stream: bool = True) -> None:
         if self.ending:
             scope.cancel()
-        self._scopes.add(scope)
+        self._scopes[scope] = stream
 
     def discard(self, scope: anyio.CancelScope) -> None:
-        self._scopes.discard(scope)
+        self._scopes.pop(scope, None)
 
     def end_all(self) -> None:
         self.ending = True
@@ -172,7 +174,7 @@ class StreamRegistry:
             scope.cancel()
 
     def __len__(self) -> int:
-        return len(self._scopes)
+        return sum(self._scopes.values())
 
 
 class Relay:
@@ -186,7 +188,6 @@ class Relay:
         config: Config,
         pool: BackendPool,
         transport: Transport,
-        streams: StreamRegistry,
         metrics: Metrics,
         *,
         affinity: AffinityTable | None = None,
@@ -195,7 +196,6 @@ class Relay:
         self._metrics = metrics
         self._pool = pool
         self._transport = transport
-        self._streams = streams
         self._max_attempts = config.limits.max_attempts
         self._affinity = affinity if config.affinity.enabled else None
         self._session_headers = tuple(name.lower() for name in config.affinity.session_headers)
@@ -288,7 +288,19 @@ class Relay:
         if unit is None:
             await self._attempt_on(exchange, runtime, target, send)
             return
-        # a managed or wakeable backend: started (or woken) first, or admitted by its group's scheduler
+        try:
+            await self._attempt_on_unit(exchange, runtime, unit, target, send)
+        except BackendRefused:
+            # nothing listens where the server should be: it died (or went to sleep) before its watcher
+            # noticed; started (or woken) again, it serves this very request
+            if exchange.started or not await unit.recover():
+                raise
+            await self._attempt_on_unit(exchange, runtime, unit, target, send)
+
+    async def _attempt_on_unit(
+        self, exchange: Exchange, runtime: BackendRuntime, unit: ManagedBackend, target: Target, send: Send
+    ) -> None:
+        """A managed or wakeable backend: started (or woken) first, or admitted by its group's scheduler."""
         try:
             if exchange.stream and self._config.managed.stream_progress and not unit.running:
                 await self._attempt_with_progress(exchange, runtime, unit, target, send)
@@ -350,11 +362,11 @@ class Relay:
     ) -> None:
         backend = runtime.config
         await runtime.admission.acquire(backend.id, priority=exchange.api.is_embedding)
-        self._pool.note_traffic(runtime)
         upstream: UpstreamResponse | None = None
         completed = False
         clock = time.perf_counter
-        try:
+        try:  # from here on the slot is released on every way out, exceptions and cancellation included
+            self._pool.note_traffic(runtime)
             # answers name the model that produced them, as same-dialect answers relayed as bytes do
             translation = translator(exchange.api, backend_dialect(backend.kind), client_model=target.model)
             body = self._upstream_body(exchange, translation, target.model)
@@ -459,25 +471,10 @@ class Relay:
         self, exchange: Exchange, translation: Translator, upstream: UpstreamResponse, send: Send
     ) -> None:
         client_framing = exchange.api.framing
-        scope = anyio.CancelScope()
-        self._streams.add(scope)
-        try:
-            with scope:
-                if translation.passthrough:
-                    await self._pass_stream(exchange, translation, upstream, send, client_framing)
-                else:
-                    await self._translate_stream(exchange, translation, upstream, send, client_framing)
-        finally:
-            self._streams.discard(scope)
-        if scope.cancelled_caught:
-            exchange.error = "gateway shutdown"
-            if not exchange.started:
-                raise Draining(_SHUTDOWN_MESSAGE)
-            event = encode(
-                client_framing,
-                stream_error_payload(exchange.api.dialect, _SHUTDOWN_MESSAGE, "gateway_shutdown"),
-            )
-            await send({"type": "http.response.body", "body": event, "more_body": False})
+        if translation.passthrough:
+            await self._pass_stream(exchange, translation, upstream, send, client_framing)
+        else:
+            await self._translate_stream(exchange, translation, upstream, send, client_framing)
 
     async def _start_stream(self, exchange: Exchange, send: Send, framing: Framing, first: bytes) -> None:
         exchange.status = 200

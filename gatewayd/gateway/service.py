@@ -92,7 +92,7 @@ class GatewayFactory:
             pool = BackendPool(config, transport, self.manager)
             streams = StreamRegistry()
             affinity = self.affinity_table(config.affinity) if config.affinity.enabled else None
-            relay = Relay(config, pool, transport, streams, metrics, affinity=affinity)
+            relay = Relay(config, pool, transport, metrics, affinity=affinity)
             inference = InferenceEndpoint(
                 relay,
                 metrics,
@@ -100,6 +100,7 @@ class GatewayFactory:
                 access_log_enabled=config.logging.access_log,
                 activity=self.activity,
                 guard=self.guard,
+                streams=streams,
             )
             generation = GatewayGeneration(
                 config,

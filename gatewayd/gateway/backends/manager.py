@@ -115,6 +115,8 @@ class ManagedBackend:
         self._error: BackendUnavailable | None = None
         self._failed_until = -math.inf
         self._crashes = 0
+        #: clock() when the server last became ready (a crash after a long run starts the count afresh)
+        self._running_since: float | None = None
         self._idle = anyio.Event()
         #: the group scheduler that admits this backend's requests, if it is in a group
         self.group: GroupDriver | None = None
@@ -231,7 +233,7 @@ class ManagedBackend:
                 await self.process.start(self._ready)
             except RuntimeError as error:  # a move the process cannot make now: say so, never crash
                 raise BackendUnavailable(f"backend {self.id}: {error}", backend=self.id) from error
-            self.last_used = self.manager.clock()
+            self.last_used = self._running_since = self.manager.clock()
             return
         if await self._ready():
             self._awake = True
@@ -263,6 +265,34 @@ class ManagedBackend:
         next request."""
         self._awake = answered
 
+    async def recover(self) -> bool:
+        """A request was refused by this backend (connection refused or reset): whether it may go through
+        ``use()`` once more, which starts or wakes the server again. Looked at now, not at the next poll:
+
+        - a wakeable backend is taken to have gone to sleep on its own: True (``use()`` wakes it);
+        - a managed server still running refused for reasons of its own: False (the refusal stands);
+        - a managed server found dead is marked crashed; True when its crash backoff is no longer than
+          ``managed.restart_backoff_seconds`` (a one-off death: the request waits for the restart);
+          a server crashing again and again is not waited for: its restart is started in the background
+          after the backoff, and the request gets BackendUnavailable naming the backoff, with Retry-After.
+        """
+        if self.process is None:
+            self._awake = False
+            return True
+        if await self.process.confirm_alive():
+            return False
+        delay = self._crash_backoff()
+        if delay <= self.manager.settings.restart_backoff_seconds:
+            return True
+        self.manager.spawn(self._restart_after_crash)
+        raise BackendUnavailable(
+            f"backend {self.id} crashed {self._crashes} times in a row; gatewayd starts it again in "
+            f"{delay:g} s (managed.restart_backoff_seconds, doubled per crash up to "
+            "managed.restart_backoff_max_seconds)",
+            backend=self.id,
+            retry_after=delay,
+        )
+
     # -- internals ----------------------------------------------------------------------------------
 
     def _crash_backoff(self) -> float:
@@ -274,7 +304,14 @@ class ManagedBackend:
         )
 
     def _exited(self, code: int | None) -> None:
-        """The server died while running (a crash, or killed from outside)."""
+        """The server died while running (a crash, or killed from outside). One that had run for
+        ``managed.restart_backoff_max_seconds`` or longer starts its count of crashes in a row afresh."""
+        since, self._running_since = self._running_since, None
+        if (
+            since is not None
+            and self.manager.clock() - since >= self.manager.settings.restart_backoff_max_seconds
+        ):
+            self._crashes = 0
         self._crashes += 1
         if self.group is not None:
             self.group.crashed(self)
@@ -286,6 +323,14 @@ class ManagedBackend:
             await self.ensure_running()
         except BackendError as error:
             log.warning("backend %s (always on) could not be restarted: %s", self.id, error)
+
+    async def _restart_after_crash(self) -> None:
+        if self.group is not None:
+            return  # its group's scheduler starts it when a request for it is admitted
+        try:
+            await self.ensure_running()
+        except BackendError as error:
+            log.warning("backend %s could not be restarted after its crash: %s", self.id, error)
 
     def _spec(self, backend: Backend, port: int) -> LaunchSpec:
         assert backend.command is not None
