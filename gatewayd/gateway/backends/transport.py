@@ -37,7 +37,7 @@ class UpstreamResponse:
     """A response whose headers have arrived. The body is read with ``read`` or ``chunks``; ``close`` is
     idempotent and must be called (the relay does so in a finally)."""
 
-    __slots__ = ("_backend", "_response", "_session", "_timeouts", "headers", "status")
+    __slots__ = ("__weakref__", "_backend", "_response", "_session", "_timeouts", "headers", "status")
 
     def __init__(
         self,
@@ -111,6 +111,11 @@ class UpstreamResponse:
         """Drop the connection at once (the client went away; the backend stops generating)."""
         self._response.close()
 
+    def cut(self) -> None:
+        """The transport is closing under this response: its reader gets Draining at once (aiohttp closes
+        the connection but does not wake a reader waiting for more of a body whose length it knows)."""
+        self._response.content.set_exception(Draining())
+
 
 class _Attempt:
     """What the connector learned about one attempt's connection."""
@@ -152,6 +157,8 @@ class Transport:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        #: responses whose body may still be read: cut when the transport closes
+        self._responses: weakref.WeakSet[UpstreamResponse] = weakref.WeakSet()
 
     async def __aenter__(self) -> Transport:
         connector = _ReuseAwareConnector(
@@ -174,6 +181,8 @@ class Transport:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._session is not None:
+            for response in list(self._responses):
+                response.cut()
             with anyio.CancelScope(shield=True):
                 await self._session.close()
             self._session = None
@@ -258,7 +267,9 @@ class Transport:
             finally:
                 _ATTEMPT.reset(token)
             _stop_first_byte_bound(response)
-            return UpstreamResponse(response, timeouts, backend, session)
+            upstream = UpstreamResponse(response, timeouts, backend, session)
+            self._responses.add(upstream)
+            return upstream
         raise AssertionError("unreachable")  # pragma: no cover
 
 

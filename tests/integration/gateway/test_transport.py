@@ -152,6 +152,7 @@ async def test_a_body_cut_by_the_transport_closing_is_a_draining_error() -> None
             tg.start_soon(reading)
             await anyio.sleep(0)
             await transport.__aexit__(None, None, None)
+        response.abort()
     assert len(caught) == 1
     assert isinstance(caught[0], Draining), repr(caught[0])
 
