@@ -140,17 +140,20 @@ async def test_a_body_cut_by_the_transport_closing_is_a_draining_error() -> None
         await transport.__aenter__()
         response = await transport.open("POST", url, backend="b", timeouts=Timeouts(), body=b"{}")
         caught: list[BaseException] = []
+        chunks: list[bytes] = []
 
         async def reading() -> None:
             try:
-                async for _ in response.chunks():
-                    pass
+                async for chunk in response.chunks():
+                    chunks.append(chunk)
             except Exception as error:
                 caught.append(error)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(reading)
-            await anyio.sleep(0)
+            with anyio.fail_after(10):
+                while not chunks:  # the reader now waits for the rest of the body
+                    await anyio.sleep(0.01)
             await transport.__aexit__(None, None, None)
         response.abort()
     assert len(caught) == 1
