@@ -24,9 +24,11 @@
         │   ├── ModelNotAllowed        403: the model is not on the key's allow-list
         │   ├── BudgetExceeded         402: the key has used its token budget
         │   └── RateLimited            429: over the key's requests/tokens per minute or requests at once
-        ├── Draining                   503: this generation no longer takes new work
+        ├── Draining                   503: the gateway is restarting or stopping (a reload, a drain)
+        ├── InternalError              500: a bug in gatewayd; the request id leads to its traceback
         └── BackendError               the upstream failed
             ├── BackendUnavailable     503: cannot connect, backend down or in cooldown
+            │   └── BackendRefused     the connection was refused or reset: nothing listens there now
             ├── BackendTimeout         504: connect / first-byte / idle / total timeout
             ├── BadGateway             502: the backend answered garbage
             └── UpstreamStatus         the backend answered an HTTP error; its status is passed on
@@ -270,10 +272,38 @@ class RateLimited(KeyLimitError):
         self.type = "tokens" if limit == "tokens" else "requests"
 
 
+#: Retry-After of a request cut by the gateway's own restart: the next generation is usually serving by then
+DRAINING_RETRY_AFTER_SECONDS = 1.0
+#: what a client whose request was cut by a reload, a respawn or a stop is told
+RESTARTING_MESSAGE = "the gateway is restarting or shutting down; retry the request"
+
+
 class Draining(RequestError):
+    """The request was refused or cut because its generation is going away (a reload, a respawn, a stop):
+    nothing the client or a backend did wrong, hence 503 with Retry-After in every dialect."""
+
     status = 503
     type = "server_error"
     code = "gateway_draining"
+
+    def __init__(
+        self, message: str = RESTARTING_MESSAGE, *, retry_after: float = DRAINING_RETRY_AFTER_SECONDS
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class InternalError(RequestError):
+    """An exception gatewayd did not expect while serving a request. The client sees only the request id
+    (the traceback goes to the log, once)."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"internal error in gatewayd (request id {request_id}); its log has the details under that id"
+        )
 
 
 class BackendError(RequestError):
@@ -297,6 +327,11 @@ class BackendError(RequestError):
 class BackendUnavailable(BackendError):
     status = 503
     code = "backend_unavailable"
+
+
+class BackendRefused(BackendUnavailable):
+    """The backend refused the connection or reset it before answering: nothing listens at its address now.
+    For a server gatewayd runs (or wakes), the cue to look at it at once rather than at the next poll."""
 
 
 class BackendTimeout(BackendError):

@@ -174,7 +174,7 @@ class GatewayGeneration:
                 f"backend {backend_id} is being stopped: start it once it is sleeping", "backend_stopping"
             )
         else:
-            await unit.ensure_running()
+            await unit.ensure_running(through_backoff=True)
         return self._admin_row(runtime)
 
     async def stop_backend(self, backend_id: str) -> dict[str, object]:
@@ -196,7 +196,7 @@ class GatewayGeneration:
         else:
             if unit.state is UnitState.STARTING:
                 with contextlib.suppress(BackendUnavailable):
-                    await unit.ensure_running()
+                    await unit.ensure_running(through_backoff=True)
             await unit.stop(reason)
         return self._admin_row(runtime)
 

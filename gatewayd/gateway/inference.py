@@ -14,7 +14,14 @@ from typing import Any
 
 import anyio
 
-from gatewayd.errors import BadRequest, KeyLimitError, PayloadTooLarge, RequestError
+from gatewayd.errors import (
+    BadRequest,
+    Draining,
+    InternalError,
+    KeyLimitError,
+    PayloadTooLarge,
+    RequestError,
+)
 from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.core.limits import Grant
 from gatewayd.gateway.core.requestid import request_id
@@ -22,7 +29,7 @@ from gatewayd.gateway.dialects.registry import ROUTES, Api, dialect_of_path
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.lifecycle import Lifecycle
 from gatewayd.gateway.metrics import Metrics
-from gatewayd.gateway.relay import Exchange, Relay
+from gatewayd.gateway.relay import Exchange, Relay, StreamRegistry
 from gatewayd.store.keys import KeyRecord
 
 Scope = MutableMapping[str, Any]
@@ -30,6 +37,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 access_log = logging.getLogger("gatewayd.access")
+log = logging.getLogger("gatewayd.inference")
 
 #: POST paths served here, and the API each one speaks
 INFERENCE_ROUTES: dict[str, Api] = dict(ROUTES)
@@ -148,8 +156,10 @@ class InferenceEndpoint:
         access_log_enabled: bool,
         activity: Activity,
         guard: Guard,
+        streams: StreamRegistry,
     ) -> None:
         self._guard = guard
+        self._streams = streams
         self._relay = relay
         self._metrics = metrics
         self._activity = activity
@@ -157,6 +167,10 @@ class InferenceEndpoint:
         self._log = access_log_enabled
 
     async def __call__(self, api: Api, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request. This is the owner of everything the request holds: whatever way it ends (an
+        answer, a RequestError, a bug, the client's disconnect, the gateway's drain, cancellation), its key's
+        concurrency slot and limit windows are settled by ``guard.finish`` and it is logged and counted, in
+        the one ``finally`` below; the backend slots are the relay's, released in its own ``finally``."""
         received = time.perf_counter()
         exchange = Exchange(
             request_id=request_id(_header(scope, b"x-request-id")),
@@ -169,51 +183,89 @@ class InferenceEndpoint:
             received_at=received,
             headers=scope["headers"],
         )
-        error: RequestError | None = None
         key: KeyRecord | None = None
         grant: Grant | None = None
         try:
-            key = self._guard.authenticate(scope["headers"], api.dialect.api_key)  # before the body is read
-            exchange.raw = await read_body(scope, receive, self._limit)
-            exchange.body, exchange.model = parse_request(api, exchange.raw)
-            exchange.stream = api.wants_stream(exchange.body)
-            grant = await self._guard.admit(key, exchange.model, len(exchange.raw))
-            if grant is not None:
-                exchange.rate_headers = grant.headers
-            with anyio.CancelScope() as cancel_scope:
-                async with DisconnectWatch(receive, cancel_scope):
-                    try:
-                        await self._relay.relay(exchange, send)
-                    except RequestError as caught:
-                        error = caught
-            if exchange.status == 0 and error is None:
+            error: RequestError | None = None
+            try:  # the key is checked before the body is read
+                key = self._guard.authenticate(
+                    scope["headers"], api.dialect.api_key
+                )  # before the body is read
+                exchange.raw = await read_body(scope, receive, self._limit)
+                exchange.body, exchange.model = parse_request(api, exchange.raw)
+                exchange.stream = api.wants_stream(exchange.body)
+                grant = await self._guard.admit(key, exchange.model, len(exchange.raw))
+                if grant is not None:
+                    exchange.rate_headers = grant.headers
+                error = await self._relay_watched(exchange, receive, send)
+            except ClientGone:
                 exchange.status = CLIENT_CLOSED_REQUEST
                 exchange.error = "client disconnected"
-        except ClientGone:
-            exchange.status = CLIENT_CLOSED_REQUEST
-            exchange.error = "client disconnected"
-        except RequestError as caught:
-            error = caught
-        try:
+            except RequestError as caught:
+                error = caught
+            except Exception:  # a bug: logged once with its traceback, answered 500 in the dialect
+                log.exception("request %s failed with an unexpected error", exchange.request_id)
+                error = InternalError(exchange.request_id)
             if error is not None:
-                await self._send_error(exchange, error, send)
+                await self._answer_error(exchange, error, send)
         finally:
+            if exchange.status == 0:  # cancelled from outside (the generation closed): nothing was sent
+                exchange.status = CLIENT_CLOSED_REQUEST
+                exchange.error = exchange.error or "cut off"
             latency = time.perf_counter() - exchange.received_at
             ttft = None if exchange.first_byte_at is None else exchange.first_byte_at - exchange.received_at
-            self._guard.finish(
-                key,
-                grant,
-                model=exchange.model or "-",
-                backend=exchange.backend,
-                prompt_tokens=exchange.usage.prompt_tokens or 0,
-                # a stream whose backend reported no usage is charged one token per event relayed
-                completion_tokens=exchange.usage.completion_tokens or exchange.stream_events,
-                latency_seconds=latency,
-                ttft_seconds=ttft,
-                status=exchange.status,
-                attempts=exchange.attempts,
-            )
-            self._record(exchange, latency, ttft)
+            try:
+                self._guard.finish(
+                    key,
+                    grant,
+                    model=exchange.model or "-",
+                    backend=exchange.backend,
+                    prompt_tokens=exchange.usage.prompt_tokens or 0,
+                    # a stream whose backend reported no usage is charged one token per event relayed
+                    completion_tokens=exchange.usage.completion_tokens or exchange.stream_events,
+                    latency_seconds=latency,
+                    ttft_seconds=ttft,
+                    status=exchange.status,
+                    attempts=exchange.attempts,
+                )
+            finally:
+                self._record(exchange, latency, ttft)
+
+    async def _relay_watched(self, exchange: Exchange, receive: Receive, send: Send) -> RequestError | None:
+        """Relay the exchange inside a cancel scope that the client's disconnect and the generation's
+        ``end_all`` (its drain time is up) both cancel. Returns Draining when the gateway cut it (to be
+        answered 503, or in band once the stream has begun); a client that went away is logged as 499."""
+        streams = self._streams
+        with anyio.CancelScope() as cancel_scope:
+            streams.add(cancel_scope, stream=exchange.stream)
+            try:
+                async with DisconnectWatch(receive, cancel_scope):
+                    await self._relay.relay(exchange, send)
+            finally:
+                streams.discard(cancel_scope)
+        if cancel_scope.cancelled_caught and streams.ending:
+            return Draining()
+        if exchange.status == 0:
+            exchange.status = CLIENT_CLOSED_REQUEST
+            exchange.error = "client disconnected"
+        return None
+
+    async def _answer_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
+        """Render ``error``: as the response while none has started; as the stream's last event in the
+        dialect once a stream has begun (a whole answer already sent has nothing left to carry it)."""
+        if not exchange.started:
+            await self._send_error(exchange, error, send)
+            return
+        exchange.error = error.message
+        if not exchange.stream:
+            return
+        code = "gateway_shutdown" if isinstance(error, Draining) else error.code or "server_error"
+        dialect = exchange.api.dialect
+        event = dialect.encode(dialect.stream_error(error.message, code))
+        try:
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+        except Exception as failure:  # the stream had already been ended, or its client is gone
+            log.debug("request %s: cannot end its stream in band: %s", exchange.request_id, failure)
 
     async def _send_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
         dialect = exchange.api.dialect

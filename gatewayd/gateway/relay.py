@@ -21,9 +21,9 @@ import anyio
 from gatewayd.config import Config
 from gatewayd.errors import (
     BackendError,
+    BackendRefused,
     BackendTimeout,
     BackendUnavailable,
-    Draining,
     ModelNotFound,
     Overloaded,
     UpstreamStatus,
@@ -51,7 +51,6 @@ _CONTENT_TYPES = MappingProxyType({framing: framing.content_type.encode() for fr
 _JSON = b"application/json"
 #: upstream statuses that move a request to the next candidate (before the client saw a byte)
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-_SHUTDOWN_MESSAGE = "the gateway is shutting down; retry the request"
 
 
 class Exchange:
@@ -143,19 +142,22 @@ class Exchange:
 
 
 class StreamRegistry:
-    """The cancel scopes of the streams a generation is relaying, so ``end_all`` can end them cleanly."""
+    """The cancel scopes of the requests a generation is serving, so that ``end_all`` (its drain time is
+    up) can end every one cleanly: the request's owner (``InferenceEndpoint``) registers it and, once
+    ended, answers 503 Draining or ends its stream with a shutdown event. ``len`` counts the streams."""
 
     def __init__(self) -> None:
-        self._scopes: set[anyio.CancelScope] = set()
+        #: each scope, and whether its request streams
+        self._scopes: dict[anyio.CancelScope, bool] = {}
         self.ending = False
 
-    def add(self, scope: anyio.CancelScope) -> None:
+    def add(self, scope: anyio.CancelScope, *, stream: bool = True) -> None:
         if self.ending:
             scope.cancel()
-        self._scopes.add(scope)
+        self._scopes[scope] = stream
 
     def discard(self, scope: anyio.CancelScope) -> None:
-        self._scopes.discard(scope)
+        self._scopes.pop(scope, None)
 
     def end_all(self) -> None:
         self.ending = True
@@ -163,7 +165,7 @@ class StreamRegistry:
             scope.cancel()
 
     def __len__(self) -> int:
-        return len(self._scopes)
+        return sum(self._scopes.values())
 
 
 class Relay:
@@ -177,7 +179,6 @@ class Relay:
         config: Config,
         pool: BackendPool,
         transport: Transport,
-        streams: StreamRegistry,
         metrics: Metrics,
         *,
         affinity: AffinityTable | None = None,
@@ -186,7 +187,6 @@ class Relay:
         self._metrics = metrics
         self._pool = pool
         self._transport = transport
-        self._streams = streams
         self._max_attempts = config.limits.max_attempts
         self._affinity = affinity if config.affinity.enabled else None
         self._session_headers = tuple(name.lower() for name in config.affinity.session_headers)
@@ -279,7 +279,19 @@ class Relay:
         if unit is None:
             await self._attempt_on(exchange, runtime, target, send)
             return
-        # a managed or wakeable backend: started (or woken) first, or admitted by its group's scheduler
+        try:
+            await self._attempt_on_unit(exchange, runtime, unit, target, send)
+        except BackendRefused:
+            # nothing listens where the server should be: it died (or went to sleep) before its watcher
+            # noticed; started (or woken) again, it serves this very request
+            if exchange.started or not await unit.recover():
+                raise
+            await self._attempt_on_unit(exchange, runtime, unit, target, send)
+
+    async def _attempt_on_unit(
+        self, exchange: Exchange, runtime: BackendRuntime, unit: ManagedBackend, target: Target, send: Send
+    ) -> None:
+        """A managed or wakeable backend: started (or woken) first, or admitted by its group's scheduler."""
         try:
             if exchange.stream and self._config.managed.stream_progress and not unit.running:
                 await self._attempt_with_progress(exchange, runtime, unit, target, send)
@@ -343,11 +355,11 @@ class Relay:
     ) -> None:
         backend = runtime.config
         await runtime.admission.acquire(backend.id, priority=exchange.api.is_embedding)
-        self._pool.note_traffic(runtime)
         upstream: UpstreamResponse | None = None
         completed = False
         clock = time.perf_counter
-        try:
+        try:  # from here on the slot is released on every way out, exceptions and cancellation included
+            self._pool.note_traffic(runtime)
             # answers name the model that produced them, as same-dialect answers relayed as bytes do
             translation = translator(exchange.api, KINDS[backend.kind].dialect, client_model=target.model)
             body = self._upstream_body(exchange, translation, target.model)
@@ -436,26 +448,14 @@ class Relay:
     async def _relay_stream(
         self, exchange: Exchange, translation: Translator, upstream: UpstreamResponse, send: Send
     ) -> None:
-        """Relay a streamed answer through its stream machine (``core.stream``): bytes in, bytes out."""
-        client = exchange.api.dialect
-        scope = anyio.CancelScope()
-        self._streams.add(scope)
-        try:
-            with scope:
-                await self._pump(
-                    exchange,
-                    stream_machine(translation, exchange.backend, started=exchange.started),
-                    upstream,
-                    send,
-                )
-        finally:
-            self._streams.discard(scope)
-        if scope.cancelled_caught:
-            exchange.error = "gateway shutdown"
-            if not exchange.started:
-                raise Draining(_SHUTDOWN_MESSAGE)
-            event = client.encode(client.stream_error(_SHUTDOWN_MESSAGE, "gateway_shutdown"))
-            await send({"type": "http.response.body", "body": event, "more_body": False})
+        """Relay a streamed answer through its stream machine (``core.stream``): bytes in, bytes out. A cut by
+        the gateway's own shutdown cancels the request's scope, owned by the inference endpoint."""
+        await self._pump(
+            exchange,
+            stream_machine(translation, exchange.backend, started=exchange.started),
+            upstream,
+            send,
+        )
 
     async def _start_stream(self, exchange: Exchange, send: Send, framing: Framing, first: bytes) -> None:
         exchange.status = 200

@@ -110,7 +110,7 @@ class GatewayFactory:
             pool = BackendPool(config, transport, self.manager)
             streams = StreamRegistry()
             affinity = self.affinity_table(config.affinity) if config.affinity.enabled else None
-            relay = Relay(config, pool, transport, streams, metrics, affinity=affinity)
+            relay = Relay(config, pool, transport, metrics, affinity=affinity)
             inference = InferenceEndpoint(
                 Lifecycle(relay, pool),  # Ollama's load/unload requests are answered before the relay
                 metrics,
@@ -118,6 +118,7 @@ class GatewayFactory:
                 access_log_enabled=config.logging.access_log,
                 activity=self.activity,
                 guard=self.guard,
+                streams=streams,
             )
             generation = GatewayGeneration(
                 config,

@@ -22,6 +22,10 @@ from gatewayd.supervisor.contract import Generation, Message, Receive, Scope, Se
 #: Retry-After sent with the 503 answered while no generation is published (during startup)
 NO_GENERATION_RETRY_AFTER_SECONDS = 1
 _HTTP1_VERSIONS = frozenset({"1.0", "1.1"})
+#: what a request cut off by its generation's close is told (the gateway ends its own requests sooner)
+CUT_OFF_MESSAGE = "the gateway is restarting or shutting down; retry the request"
+#: bound on sending that answer
+CUT_OFF_SEND_SECONDS = 1.0
 
 
 class GenerationSlot:
@@ -108,6 +112,11 @@ class Dispatcher:
         slot.enter()
         try:
             await slot.generation(scope, receive, send)
+        except anyio.get_cancelled_exc_class():
+            # cut off: its generation closed (a stop or reload past its drain bound) before it answered
+            with anyio.CancelScope(shield=True):
+                await _answer_cut_off(send)
+            raise
         finally:
             self._leave(slot)
 
@@ -138,6 +147,25 @@ def _with_connection_close(send: Send) -> Send:
         await send(message)
 
     return send_closing
+
+
+async def _answer_cut_off(send: Send) -> None:
+    """503 with Retry-After for a request its generation cut off, unless its response had started (the
+    server then refuses a second start, and the client sees the response end early)."""
+    body = _error_body(CUT_OFF_MESSAGE, "server_error", "gateway_draining")
+    try:
+        with anyio.move_on_after(CUT_OFF_SEND_SECONDS):
+            await _send_json(
+                send,
+                503,
+                body,
+                extra_headers=[
+                    (b"retry-after", str(NO_GENERATION_RETRY_AFTER_SECONDS).encode()),
+                    (b"connection", b"close"),
+                ],
+            )
+    except Exception:  # the response had started, or the connection is gone: nothing to add
+        pass
 
 
 def _error_body(message: str, type_: str, code: str | None) -> dict[str, object]:

@@ -315,11 +315,12 @@ class Stream:
 
 
 class Request:
-    """One plain GET on a thread; ``status`` or ``error`` when done."""
+    """One plain GET on a thread; ``status`` (and the ``response``) or ``error`` when done."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.status: int | None = None
+        self.response: httpx.Response | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._get)
         self.thread.start()
@@ -327,7 +328,8 @@ class Request:
     def _get(self) -> None:
         try:
             with httpx.Client(timeout=60) as client:
-                self.status = client.get(self.url).status_code
+                self.response = client.get(self.url)
+                self.status = self.response.status_code
         except httpx.HTTPError as error:
             self.error = error
 

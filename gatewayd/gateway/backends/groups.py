@@ -146,7 +146,7 @@ class GroupDriver:
             return
         group = unit.group  # a reload replaced this driver meanwhile
         if group is None:
-            await unit.ensure_running()
+            await unit.ensure_running(through_backoff=True)
         else:
             await group.start_member(unit)
 
@@ -239,7 +239,7 @@ class GroupDriver:
 
     async def _start(self, unit: ManagedBackend) -> None:
         try:
-            await unit.ensure_running()
+            await unit.ensure_running(through_backoff=True)
         except BackendUnavailable as error:
             self.scheduler.stopped(unit.id, self.manager.clock())
             for waiter in [w for w in self._waiters.values() if w.ticket.member == unit.id]:

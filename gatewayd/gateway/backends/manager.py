@@ -108,6 +108,10 @@ class ManagedBackend:
         self._error: BackendUnavailable | None = None
         self._failed_until = -math.inf
         self._crashes = 0
+        #: clock() when the server last became ready (a crash after a long run starts the count afresh)
+        self._running_since: float | None = None
+        #: clock() until which the crash backoff holds a restart back
+        self._backoff_until = -math.inf
         self._idle = anyio.Event()
         #: the group scheduler that admits this backend's requests, if it is in a group
         self.group: GroupDriver | None = None
@@ -192,9 +196,15 @@ class ManagedBackend:
         """The error of the last failed start while its backoff lasts, else None."""
         return self._error if self.manager.clock() < self._failed_until else None
 
-    async def ensure_running(self) -> None:
+    async def ensure_running(self, *, through_backoff: bool = False) -> None:
         """Return once the server is ready; start it once for all concurrent callers. Raises the start's
-        BackendUnavailable to every caller waiting for it, and for the backoff after it."""
+        BackendUnavailable to every caller waiting for it, and for the backoff after it.
+
+        A server that crashed again and again (its crash backoff is longer than
+        ``managed.restart_backoff_seconds``) is not waited for while the backoff lasts, unless
+        ``through_backoff``: its restart is under way, and the caller gets BackendUnavailable naming the
+        backoff, with its remaining time as Retry-After. After a one-off crash the caller waits. (A group's
+        scheduler, an operator's explicit start and an always-on restart wait through the backoff.)"""
         while not self.running or self._starting is not None:
             if self.manager.clock() < self._failed_until and self._error is not None:
                 raise self._error
@@ -202,9 +212,25 @@ class ManagedBackend:
             if starting is None:
                 starting = self._starting = anyio.Event()
                 self.manager.spawn(self._start, starting)
+            if not through_backoff:
+                self._refuse_during_long_backoff()
             await starting.wait()
             if self._error is not None and self.manager.clock() < self._failed_until:
                 raise self._error
+
+    def _refuse_during_long_backoff(self) -> None:
+        remaining = self._backoff_until - self.manager.clock()
+        if self.process is None or remaining <= 0:
+            return
+        if self._crash_backoff() <= self.manager.settings.restart_backoff_seconds:
+            return
+        raise BackendUnavailable(
+            f"backend {self.id} crashed {self._crashes} times in a row; gatewayd starts it again in "
+            f"{remaining:.1f} s (managed.restart_backoff_seconds, doubled per crash up to "
+            "managed.restart_backoff_max_seconds)",
+            backend=self.id,
+            retry_after=remaining,
+        )
 
     async def _start(self, done: anyio.Event) -> None:
         """The one start (or wake) that every waiter shares. Runs in the manager's task group, so a waiter
@@ -227,9 +253,9 @@ class ManagedBackend:
         """Start or wake the server and wait until it is ready. Raises BackendUnavailable."""
         backend = self.backend
         if self.process is not None:
-            delay = self._crash_backoff()
+            delay = self._backoff_until - self.manager.clock()
             if delay > 0:
-                log.info("backend %s crashed %d time(s) in a row: starting it in %gs", self.id,
+                log.info("backend %s crashed %d time(s) in a row: starting it in %.1fs", self.id,
                          self._crashes, delay)  # fmt: skip
                 await anyio.sleep(delay)
             if self.process.state is ProcessState.STOPPING:
@@ -238,7 +264,7 @@ class ManagedBackend:
                 await self.process.start(self._ready)
             except RuntimeError as error:  # a move the process cannot make now: say so, never crash
                 raise BackendUnavailable(f"backend {self.id}: {error}", backend=self.id) from error
-            self.last_used = self.manager.clock()
+            self.last_used = self._running_since = self.manager.clock()
             return
         if await self._ready():
             self._awake = True
@@ -270,6 +296,23 @@ class ManagedBackend:
         next request."""
         self._awake = answered
 
+    async def recover(self) -> bool:
+        """A request was refused by this backend (connection refused or reset): whether it may go through
+        ``use()`` once more, which starts or wakes the server again. Looked at now, not at the next poll:
+
+        - a wakeable backend whose readiness check fails too has gone to sleep on its own: True (``use()``
+          wakes it); one that still answers refused for reasons of its own: False;
+        - a managed server still running refused for reasons of its own: False (the refusal stands);
+        - a managed server found dead is marked crashed (as its watcher would): True; ``use()`` starts it
+          again, after its crash backoff (see ``ensure_running`` for a server crashing again and again).
+        """
+        if self.process is None:
+            if await self._ready():
+                return False
+            self._awake = False
+            return True
+        return not await self.process.confirm_alive()
+
     # -- internals ----------------------------------------------------------------------------------
 
     def _crash_backoff(self) -> float:
@@ -281,8 +324,16 @@ class ManagedBackend:
         )
 
     def _exited(self, code: int | None) -> None:
-        """The server died while running (a crash, or killed from outside)."""
+        """The server died while running (a crash, or killed from outside). One that had run for
+        ``managed.restart_backoff_max_seconds`` or longer starts its count of crashes in a row afresh."""
+        since, self._running_since = self._running_since, None
+        if (
+            since is not None
+            and self.manager.clock() - since >= self.manager.settings.restart_backoff_max_seconds
+        ):
+            self._crashes = 0
         self._crashes += 1
+        self._backoff_until = self.manager.clock() + self._crash_backoff()
         if self.group is not None:
             self.group.crashed(self)
         if self.backend.always_on and not self.retired:
@@ -290,7 +341,7 @@ class ManagedBackend:
 
     async def _restart_always_on(self) -> None:
         try:
-            await self.ensure_running()
+            await self.ensure_running(through_backoff=True)
         except BackendError as error:
             log.warning("backend %s (always on) could not be restarted: %s", self.id, error)
 

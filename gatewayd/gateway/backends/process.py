@@ -343,6 +343,23 @@ class ManagedProcess:
             with anyio.move_on_after(poll_interval_seconds):
                 await self._changed.wait()
 
+    async def confirm_alive(self) -> bool:
+        """Whether the child is running, looked at now rather than at ``watch``'s next poll (a request was
+        just refused by it). A child found dead is handled as ``watch`` would (reaped, FAILED, ``on_exit``)
+        before this returns, shielded from cancellation. A stop or death being handled is waited for."""
+        with anyio.CancelScope(shield=True):
+            while self._state is ProcessState.STOPPING:
+                await self._changed.wait()
+            child = self._child
+            # no checkpoint between this test and _died's first state change: watch cannot handle it too
+            if (
+                self._state is ProcessState.RUNNING
+                and child is not None
+                and not records.is_alive(child.record)
+            ):
+                await self._died(child)
+        return self._state is ProcessState.RUNNING
+
     async def _rotate_log(self, path: Path) -> None:
         """``rotate_log`` off the event loop; a failure is logged, never raised (a log must not stop a start
         nor end ``watch``)."""

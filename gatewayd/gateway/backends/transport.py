@@ -12,6 +12,7 @@ this module: the rest of the gateway sees ``Transport`` and ``UpstreamResponse``
 from __future__ import annotations
 
 import asyncio
+import errno
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextvars import ContextVar
@@ -22,22 +23,31 @@ import aiohttp
 import anyio
 
 from gatewayd.config import Timeouts
-from gatewayd.errors import BackendTimeout, BackendUnavailable, BadGateway, Draining
+from gatewayd.errors import BackendRefused, BackendTimeout, BackendUnavailable, BadGateway, Draining
 
 #: a pooled connection unused for this long is closed (backends often close theirs at 5 to 60 s)
 POOL_IDLE_SECONDS = 4.0
 
 _STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+#: what the kernel says when nothing listens at the address (or the listener went away mid-handshake)
+_REFUSED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET})
 
 
 class UpstreamResponse:
     """A response whose headers have arrived. The body is read with ``read`` or ``chunks``; ``close`` is
     idempotent and must be called (the relay does so in a finally)."""
 
-    __slots__ = ("_backend", "_response", "_timeouts", "headers", "status")
+    __slots__ = ("__weakref__", "_backend", "_response", "_session", "_timeouts", "headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse, timeouts: Timeouts, backend: str) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        timeouts: Timeouts,
+        backend: str,
+        session: aiohttp.ClientSession,
+    ) -> None:
         self._response = response
+        self._session = session
         self._timeouts = timeouts
         self._backend = backend
         self.status = response.status
@@ -50,7 +60,7 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         """The whole body, bounded by the idle timeout between reads.
 
-        Raises BackendTimeout, BackendUnavailable (connection lost)."""
+        Raises BackendTimeout, BackendUnavailable (connection lost), Draining (the transport closed)."""
         try:
             async with asyncio.timeout(self._timeouts.idle_seconds):
                 return await self._response.read()
@@ -60,12 +70,17 @@ class UpstreamResponse:
                 backend=self._backend,
             ) from None
         except (aiohttp.ClientError, OSError) as error:
-            raise _lost(error, self._backend) from error
+            raise _lost(error, self._backend, self._session) from error
+        except RuntimeError as error:  # aiohttp on a connection its closed session dropped
+            if self._session.closed:
+                raise Draining() from error
+            raise
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive. Each wait is bounded by ``idle_seconds``.
 
-        Raises BackendTimeout (idle gap) and BackendUnavailable (connection lost mid-body)."""
+        Raises BackendTimeout (idle gap), BackendUnavailable (connection lost mid-body) and Draining (the
+        transport closed: the gateway is restarting)."""
         content = self._response.content
         idle = self._timeouts.idle_seconds
         while True:
@@ -77,7 +92,11 @@ class UpstreamResponse:
                     f"backend {self._backend} went silent for {idle:g} s mid-stream", backend=self._backend
                 ) from None
             except (aiohttp.ClientError, OSError) as error:
-                raise _lost(error, self._backend) from error
+                raise _lost(error, self._backend, self._session) from error
+            except RuntimeError as error:
+                if self._session.closed:
+                    raise Draining() from error
+                raise
             if not data:
                 if not content.is_eof():  # pragma: no cover - aiohttp returns b"" only at EOF
                     continue
@@ -91,6 +110,11 @@ class UpstreamResponse:
     def abort(self) -> None:
         """Drop the connection at once (the client went away; the backend stops generating)."""
         self._response.close()
+
+    def cut(self) -> None:
+        """The transport is closing under this response: its reader gets Draining at once (aiohttp closes
+        the connection but does not wake a reader waiting for more of a body whose length it knows)."""
+        self._response.content.set_exception(Draining())
 
 
 class _Attempt:
@@ -133,6 +157,8 @@ class Transport:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        #: responses whose body may still be read: cut when the transport closes
+        self._responses: weakref.WeakSet[UpstreamResponse] = weakref.WeakSet()
 
     async def __aenter__(self) -> Transport:
         connector = _ReuseAwareConnector(
@@ -155,6 +181,8 @@ class Transport:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._session is not None:
+            for response in list(self._responses):
+                response.cut()
             with anyio.CancelScope(shield=True):
                 await self._session.close()
             self._session = None
@@ -174,13 +202,14 @@ class Transport:
         The connect phase is bounded by ``timeouts.connect_seconds`` and the wait for the first byte by
         ``timeouts.first_byte_seconds``. A request that fails at once on a reused pooled connection (the
         backend had closed it while idle, so the request never reached it) is sent once more; a failure on a
-        fresh connection is not retried (the backend may have received it). Raises BackendUnavailable
-        (cannot connect / reset), BackendTimeout, BadGateway (not HTTP) and Draining (the transport has
-        closed: its generation is gone). On cancellation the request is
-        abandoned and its connection closed."""
+        fresh connection is not retried (the backend may have received it). Raises BackendRefused (nothing
+        listens: refused or reset while connecting), BackendUnavailable (other connection failures),
+        BackendTimeout, BadGateway (not HTTP) and Draining (the transport has closed, before or during the
+        request: its generation is gone, the gateway is restarting; never blamed on the backend). On
+        cancellation the request is abandoned and its connection closed."""
         session = self._session
         if session is None or session.closed:
-            raise Draining("the gateway generation serving this request has closed; retry")
+            raise Draining()
         # sock_read runs from the moment the request is sent until the response headers (the first byte);
         # _stop_first_byte_bound then hands the body over to the idle bound of read() and chunks()
         request_timeout = aiohttp.ClientTimeout(
@@ -218,6 +247,8 @@ class Transport:
                     backend=backend,
                 ) from None
             except _STALE_CONNECTION_ERRORS as error:
+                if session.closed:  # our own session was closed under the request, not the backend's doing
+                    raise Draining() from error
                 if attempt == 1 and noted.reused and not isinstance(error, aiohttp.ClientConnectorError):
                     continue
                 raise _unavailable(error, backend) from error
@@ -226,11 +257,19 @@ class Transport:
                     f"backend {backend} sent an invalid HTTP response: {error}", backend=backend
                 ) from error
             except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as error:
+                if session.closed:
+                    raise Draining() from error
                 raise _unavailable(error, backend) from error
+            except RuntimeError as error:  # aiohttp: "Session is closed" (closed between two attempts)
+                if session.closed:
+                    raise Draining() from error
+                raise
             finally:
                 _ATTEMPT.reset(token)
             _stop_first_byte_bound(response)
-            return UpstreamResponse(response, timeouts, backend)
+            upstream = UpstreamResponse(response, timeouts, backend, session)
+            self._responses.add(upstream)
+            return upstream
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -246,10 +285,20 @@ def _stop_first_byte_bound(response: aiohttp.ClientResponse) -> None:
 
 def _unavailable(error: BaseException, backend: str) -> BackendUnavailable:
     detail = str(error) or type(error).__name__
+    cause = error.os_error if isinstance(error, aiohttp.ClientConnectorError) else error
+    refused = isinstance(cause, OSError) and cause.errno in _REFUSED_ERRNOS
+    if refused or isinstance(error, aiohttp.ServerDisconnectedError):
+        return BackendRefused(f"backend {backend} is unreachable: {detail}", backend=backend)
     return BackendUnavailable(f"backend {backend} is unreachable: {detail}", backend=backend)
 
 
-def _lost(error: BaseException, backend: str) -> BackendUnavailable:
+def _lost(
+    error: BaseException, backend: str, session: aiohttp.ClientSession
+) -> Draining | BackendUnavailable:
+    """The error for a body cut short: Draining when our own session was closed under it (the gateway is
+    restarting), else the backend's doing."""
+    if session.closed:
+        return Draining()
     detail = str(error) or type(error).__name__
     return BackendUnavailable(
         f"backend {backend} closed the connection mid-response: {detail}", backend=backend

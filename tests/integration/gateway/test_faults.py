@@ -153,7 +153,10 @@ def test_death_mid_stream_raises_api_error_in_the_openai_client_and_spares_other
         other_chunks.extend(other_iterator)
 
     assert broken.response.headers["x-gatewayd-backend"] == "a"
-    assert REPLY.startswith("".join(received))
+    text = "".join(received)
+    assert text  # the chunks sent before the death did arrive...
+    assert REPLY.startswith(text)
+    assert text != REPLY  # ...and only those
     assert "backend a closed the connection mid-response" in caught.value.message
     assert "".join(c.choices[0].delta.content or "" for c in other_chunks) == REPLY
     assert dying.stats().count("/v1/chat/completions" if kind == "openai" else "/api/chat") == 1
@@ -170,8 +173,10 @@ def test_death_mid_stream_raises_response_error_in_the_ollama_client(
     with ollama.Client(host=gw.url) as client, pytest.raises(ollama.ResponseError) as caught:
         ollama_chat(client, "dying", stream=True, into=received)
 
-    assert received
-    assert REPLY.startswith("".join(received))
+    text = "".join(received)
+    assert text
+    assert REPLY.startswith(text)
+    assert text != REPLY
     assert "closed the connection mid-response" in caught.value.error
 
 

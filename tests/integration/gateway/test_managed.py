@@ -3,6 +3,7 @@ on demand, shared by concurrent requests, put to sleep when idle, restarted afte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -176,6 +177,89 @@ def test_a_server_killed_mid_stream_ends_the_stream_cleanly_and_is_restarted(tmp
         new_pid = unit_pid(gw)
         assert new_pid is not None
         assert new_pid != pid
+
+
+#: a crash restarts the server after 0.2 s (0.4 s after a second crash in a row)
+QUICK_RESTART = ManagedSettings(restart_backoff_seconds=0.2)
+
+
+def test_the_request_right_after_a_kill_restarts_the_server_and_is_served(tmp_path: Path) -> None:
+    """No wait between the kill -9 and the next request: it is refused by the dead server before the
+    watcher's next poll, the manager looks at the process at once and starts it again for that request."""
+    slow = managed(command=(*FAKE, "--behaviour", '{"chunks": 200, "chunk_delay_seconds": 0.02}'))
+    with (
+        gateway(tmp_path, slow, managed=QUICK_RESTART) as gw,
+        openai.OpenAI(base_url=gw.openai_url, api_key="x", max_retries=0) as client,
+    ):
+        chunks = iter(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+        next(chunks)
+        pid = unit_pid(gw)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(openai.APIError):
+            list(chunks)
+        answer = chat(gw)  # at once
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-gatewayd-backend"] == "local"
+        assert "x-gatewayd-attempts" not in answer.headers
+        new_pid = unit_pid(gw)
+        assert new_pid is not None
+        assert new_pid != pid
+        assert log_of(tmp_path).count("listening on") == 2
+
+
+def test_a_server_that_keeps_crashing_is_not_waited_for_past_its_first_backoff(tmp_path: Path) -> None:
+    """The first crash in a row is waited for (1 s); during the second one's backoff (2 s) requests get a
+    503 naming it, while the restart is under way."""
+    with gateway(tmp_path, managed(), managed=ManagedSettings(restart_backoff_seconds=1.0)) as gw:
+        assert chat(gw).status_code == 200
+        for crash in (1, 2):
+            pid = unit_pid(gw)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            answer = chat(gw)
+            if crash == 1:
+                assert answer.status_code == 200, answer.text  # restarted after 1 s, for this request
+        assert answer.status_code == 503
+        assert "crashed 2 times in a row" in answer.json()["error"]["message"]
+        assert "managed.restart_backoff_seconds" in answer.json()["error"]["message"]
+        assert answer.headers["retry-after"] in ("1", "2")  # what is left of the 2 s
+        # the restart was started meanwhile: a request after the backoff is served
+        wait_until(lambda: unit_state(gw) == "running", what="the restart after the backoff")
+        assert chat(gw).status_code == 200
+
+
+def test_a_woken_server_that_went_away_is_woken_again_by_the_next_request(tmp_path: Path) -> None:
+    port = free_port()
+    pid_file = tmp_path / "woken.pid"
+    server = [*FAKE[:4], str(port), *FAKE[5:]]
+    wake_script = (
+        "import subprocess, sys; "
+        f"p = subprocess.Popen({server!r}, cwd={str(REPO_ROOT)!r}, start_new_session=True, "
+        "stdout=subprocess.DEVNULL); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))"
+    )
+    remote = Backend(
+        id="remote",
+        url=f"http://127.0.0.1:{port}",
+        kind=BackendKind.OPENAI,
+        models=(MODEL,),
+        wake=Wake(command=(sys.executable, "-c", wake_script)),
+        start_timeout_seconds=30.0,
+    )
+    try:
+        with gateway(tmp_path, remote) as gw:
+            assert chat(gw).status_code == 200
+            first = int(pid_file.read_text())
+            os.killpg(first, signal.SIGKILL)  # it went to sleep on its own, as far as gatewayd can tell
+            wait_until(lambda: port_is_free(port), what="the server to be gone")
+            answer = chat(gw)
+            assert answer.status_code == 200, answer.text
+            assert int(pid_file.read_text()) != first  # the wake command ran again
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
 
 
 PROGRESS = ManagedSettings(stream_progress=True, progress_interval_seconds=0.2)

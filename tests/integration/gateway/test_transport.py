@@ -10,7 +10,7 @@ import anyio.abc
 import pytest
 
 from gatewayd.config import Timeouts
-from gatewayd.errors import BackendUnavailable, Draining
+from gatewayd.errors import BackendRefused, BackendUnavailable, Draining
 from gatewayd.gateway.backends.transport import Transport
 
 pytestmark = pytest.mark.anyio
@@ -20,10 +20,12 @@ OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\no
 
 class DroppingServer:
     """Answers the first ``answered_per_connection`` requests of each connection, then closes the connection
-    on the next request without answering. Counts connections and requests received."""
+    on the next request without answering (or, with ``hang_with``, sends those bytes and then nothing more,
+    holding the connection open). Counts connections and requests received."""
 
-    def __init__(self, answered_per_connection: int) -> None:
+    def __init__(self, answered_per_connection: int, *, hang_with: bytes | None = None) -> None:
         self.answered_per_connection = answered_per_connection
+        self.hang_with = hang_with
         self.connections = 0
         self.requests = 0
 
@@ -49,6 +51,9 @@ class DroppingServer:
                 buffer = buffer[length:]
                 self.requests += 1
                 if answered >= self.answered_per_connection:
+                    if self.hang_with is not None:
+                        await stream.send(self.hang_with)
+                        await anyio.sleep_forever()
                     return  # closes without answering
                 answered += 1
                 await stream.send(OK)
@@ -90,6 +95,77 @@ async def test_a_request_after_the_transport_closed_is_a_draining_error() -> Non
     async with serving(server) as url:
         async with Transport() as transport:
             pass
-        with pytest.raises(Draining, match="closed"):
+        with pytest.raises(Draining, match="gateway is restarting"):
             await transport.open("POST", url, backend="b", timeouts=Timeouts(), body=b"{}")
     assert server.requests == 0
+
+
+async def test_a_request_waiting_on_a_reused_connection_when_the_transport_closes_is_a_draining_error() -> (
+    None
+):
+    """The gateway's own shutdown closing the pool under a request is not the backend's fault (and the
+    retry on a reused connection must not hit the closed session: aiohttp's RuntimeError)."""
+    server = DroppingServer(answered_per_connection=1, hang_with=b"")
+    async with serving(server) as url:
+        transport = Transport()
+        await transport.__aenter__()
+        warm = await transport.open("POST", url, backend="b", timeouts=Timeouts(), body=b"{}")
+        assert await warm.read() == b"ok"
+        warm.close()
+        caught: list[BaseException] = []
+
+        async def waiting() -> None:
+            try:
+                await transport.open("POST", url, backend="b", timeouts=Timeouts(), body=b"{}")
+            except Exception as error:
+                caught.append(error)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiting)
+            with anyio.fail_after(10):
+                while server.requests < 2:
+                    await anyio.sleep(0.01)
+            await transport.__aexit__(None, None, None)
+    assert len(caught) == 1
+    assert isinstance(caught[0], Draining), repr(caught[0])
+    assert "gateway is restarting" in caught[0].message
+    assert server.connections == 1
+
+
+async def test_a_body_cut_by_the_transport_closing_is_a_draining_error() -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\nsome"
+    server = DroppingServer(answered_per_connection=0, hang_with=head)
+    async with serving(server) as url:
+        transport = Transport()
+        await transport.__aenter__()
+        response = await transport.open("POST", url, backend="b", timeouts=Timeouts(), body=b"{}")
+        caught: list[BaseException] = []
+        chunks: list[bytes] = []
+
+        async def reading() -> None:
+            try:
+                async for chunk in response.chunks():
+                    chunks.append(chunk)
+            except Exception as error:
+                caught.append(error)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reading)
+            with anyio.fail_after(10):
+                while not chunks:  # the reader now waits for the rest of the body
+                    await anyio.sleep(0.01)
+            await transport.__aexit__(None, None, None)
+        response.abort()
+    assert len(caught) == 1
+    assert isinstance(caught[0], Draining), repr(caught[0])
+
+
+async def test_a_refused_connection_is_a_backend_refused_error() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()  # nothing listens there any more
+    async with Transport() as transport:
+        with pytest.raises(BackendRefused, match="backend b is unreachable"):
+            await transport.open(
+                "POST", f"http://127.0.0.1:{port}/v1/x", backend="b", timeouts=Timeouts(), body=b"{}"
+            )
