@@ -16,6 +16,7 @@ import pytest
 
 from gatewayd.config import AuthMode, AuthSettings, Backend, BackendKind, Config
 from gatewayd.gateway import relay
+from gatewayd.gateway.core import stream as stream_machine
 from tests.support.fake_backend import FakeBackend
 from tests.support.fixtures import FakeBackendFactory
 from tests.support.gateway import RunningGateway, running_gateway
@@ -72,8 +73,10 @@ def test_an_unexpected_error_is_a_500_in_the_dialect_logged_once_and_its_key_slo
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("a bug")  # stands for any bug on the request's path
 
+    # for the whole test: the access line is logged after the answer is sent, maybe after chat() returned
+    caplog.set_level(logging.INFO)
     with gateway(tmp_path, fake_backend_factory(models=(MODEL,))) as (gw, key, _):
-        with monkeypatch.context() as patch, caplog.at_level(logging.INFO):
+        with monkeypatch.context() as patch:
             patch.setattr(relay, "translator", broken)
             failed = chat(gw, key, path)
         assert failed.status_code == 500
@@ -101,7 +104,7 @@ def test_an_unexpected_error_mid_stream_ends_it_with_the_dialects_error_event(
     tmp_path: Path, fake_backend_factory: FakeBackendFactory, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     calls = [0]
-    split = relay.split_complete
+    split = stream_machine.split_complete
 
     def breaks_on_the_second_call(data: bytes, framing: Any) -> Any:
         calls[0] += 1
@@ -114,7 +117,7 @@ def test_an_unexpected_error_mid_stream_ends_it_with_the_dialects_error_event(
     fake = fake_backend_factory(models=(MODEL,), kind=kind, chunks=20, chunk_delay_seconds=0.01)
     with gateway(tmp_path, fake, kind) as (gw, key, _):
         with monkeypatch.context() as patch:
-            patch.setattr(relay, "split_complete", breaks_on_the_second_call)
+            patch.setattr(stream_machine, "split_complete", breaks_on_the_second_call)
             streamed = chat(gw, key, path, stream=True)
         assert streamed.status_code == 200
         lines = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line.strip()]
