@@ -210,6 +210,8 @@ def create_app(
 
     @app.get("/v1/models")
     async def openai_models() -> Response:
+        if "anthropic-version" in request.headers:
+            return jsonify(_anthropic_models(generation.model_rows(), started))
         data = [
             {
                 "id": row["name"],
@@ -318,10 +320,26 @@ def _same_origin_only(guard: Guard) -> None:
 
 
 def _error_response(error: RequestError) -> Response:
-    dialect = dialect_of_path(request.path)
+    dialect = dialect_of_path(request.path, _scope_headers())
     response = Response(error_body(dialect, error), content_type="application/json")
     response.status_code = error_status(dialect, error)
     return response
+
+
+def _anthropic_models(rows: list[dict[str, Any]], created: int) -> dict[str, Any]:
+    """Anthropic's model list (``anthropic`` client's ``models.list()``), for requests that carry
+    ``anthropic-version``; one page holds every model."""
+    created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    data = [
+        {"type": "model", "id": row["name"], "display_name": row["name"], "created_at": created_at}
+        for row in rows
+    ]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 def _ollama_model(row: Mapping[str, Any], modified: int) -> dict[str, Any]:

@@ -58,6 +58,17 @@ MAX_LIMIT = 2**53
 STORE_BUSY_TIMEOUT_SECONDS = 5.0
 
 
+def api_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key a client sent: ``Authorization: Bearer <key>``, or Anthropic's ``x-api-key: <key>``."""
+    token = bearer(headers)
+    if token is not None:
+        return token
+    for name, value in headers:
+        if name == b"x-api-key":
+            return value.decode("latin-1").strip() or None
+    return None
+
+
 def bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The token of an ``Authorization: Bearer ...`` header, if any."""
     for name, value in headers:
@@ -260,9 +271,12 @@ class Guard:
         expired: the message does not say which, nor echo the key)."""
         if self.settings.mode is AuthMode.OFF:
             return None
-        token = bearer(headers)
+        token = api_key(headers)
         if token is None:
-            raise Unauthorized("this gateway requires an API key: send it as 'Authorization: Bearer <key>'")
+            raise Unauthorized(
+                "this gateway requires an API key: send it as 'Authorization: Bearer <key>'"
+                " or 'x-api-key: <key>'"
+            )
         digest = hash_key(token)
         record = self._keys.get(digest)
         if record is None or not record.active:

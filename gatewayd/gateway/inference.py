@@ -9,16 +9,21 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import anyio
 
-from gatewayd.errors import BadRequest, KeyLimitError, PayloadTooLarge, RequestError
+from gatewayd.config import ResponsesSettings
+from gatewayd.errors import BadRequest, KeyLimitError, NotFound, PayloadTooLarge, RequestError
 from gatewayd.gateway.activity import Activity
+from gatewayd.gateway.conversations import Conversations
 from gatewayd.gateway.core.dialects import Api, Dialect, error_body, error_status, wants_stream
+from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.limits import Grant
 from gatewayd.gateway.core.requestid import request_id
+from gatewayd.gateway.dialects.bridge import CodecTranslator
+from gatewayd.gateway.dialects.openai_responses import ResponsesClient
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.relay import Exchange, Relay
@@ -29,6 +34,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 access_log = logging.getLogger("gatewayd.access")
+log = logging.getLogger("gatewayd.inference")
 
 #: POST paths served here, and the API each one speaks
 INFERENCE_ROUTES: dict[str, Api] = {api.path: api for api in Api}
@@ -147,7 +153,11 @@ class InferenceEndpoint:
         access_log_enabled: bool,
         activity: Activity,
         guard: Guard,
+        conversations: Conversations | None = None,
+        responses: ResponsesSettings | None = None,
     ) -> None:
+        self._conversations = conversations
+        self._responses = responses or ResponsesSettings()
         self._guard = guard
         self._relay = relay
         self._metrics = metrics
@@ -179,12 +189,18 @@ class InferenceEndpoint:
             grant = await self._guard.admit(key, exchange.model, len(exchange.raw))
             if grant is not None:
                 exchange.rate_headers = grant.headers
+            if api is Api.OPENAI_RESPONSES:
+                await self._continue_conversation(exchange)
             with anyio.CancelScope() as cancel_scope:
                 async with DisconnectWatch(receive, cancel_scope):
                     try:
-                        await self._relay.relay(exchange, send)
+                        if api is Api.ANTHROPIC_COUNT_TOKENS:
+                            await self._count_tokens(exchange, send)
+                        else:
+                            await self._relay.relay(exchange, send)
                     except RequestError as caught:
                         error = caught
+            await self._after_codec(exchange)
             if exchange.status == 0 and error is None:
                 exchange.status = CLIENT_CLOSED_REQUEST
                 exchange.error = "client disconnected"
@@ -213,6 +229,60 @@ class InferenceEndpoint:
                 attempts=exchange.attempts,
             )
             self._record(exchange, latency, ttft)
+
+    async def _continue_conversation(self, exchange: Exchange) -> None:
+        """``previous_response_id``: the stored conversation goes before the request's input. Raises
+        NotFound (OpenAI answers 404 for an unknown, expired or unstored response)."""
+        previous = exchange.body.get("previous_response_id")
+        if previous is None:
+            return
+        if not isinstance(previous, str) or not previous:
+            raise BadRequest("'previous_response_id' must be a string", param="previous_response_id")
+        items = (
+            None if self._conversations is None else await self._conversations.load(previous, self._responses)
+        )
+        if items is None:
+            raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
+        given = exchange.body.get("input")
+        if isinstance(given, str):
+            given = [{"type": "message", "role": "user", "content": given}]
+        exchange.body["input"] = [*items, *(given if isinstance(given, list) else [])]
+
+    async def _after_codec(self, exchange: Exchange) -> None:
+        """What a codec translator kept: tool types it left out (logged), a Responses conversation to
+        store."""
+        translation = exchange.translation
+        if not isinstance(translation, CodecTranslator):
+            return
+        dropped = getattr(translation.client, "dropped_tools", None)
+        if dropped:
+            log.info(
+                "%s %s: left out tools the backend cannot run: %s",
+                exchange.request_id,
+                exchange.api.path,
+                ", ".join(sorted(set(dropped))),
+            )
+        client = translation.client
+        if (
+            isinstance(client, ResponsesClient)
+            and client.store
+            and client.last_response is not None
+            and exchange.status == 200
+            and self._conversations is not None
+        ):
+            response_id = str(client.last_response["id"])
+            await self._conversations.save(response_id, client.conversation_items(), self._responses)
+
+    async def _count_tokens(self, exchange: Exchange, send: Send) -> None:
+        count, source = await self._relay.count_tokens(exchange)
+        body = dumps({"input_tokens": count}).encode()
+        exchange.status = 200
+        exchange.started = True
+        headers = exchange.response_headers(b"application/json")
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"x-gatewayd-token-count", source.encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
         dialect = exchange.api.dialect
@@ -275,5 +345,11 @@ class InferenceEndpoint:
             )
 
 
-def dialect_of_path(path: str) -> Dialect:
-    return Dialect.OLLAMA if path.startswith("/api/") else Dialect.OPENAI
+def dialect_of_path(path: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> Dialect:
+    """The dialect an answer on ``path`` speaks: Ollama under /api, Anthropic for /v1/messages (and for
+    any request that carries ``anthropic-version``), else OpenAI."""
+    if path.startswith("/api/"):
+        return Dialect.OLLAMA
+    if path.startswith("/v1/messages") or any(name == b"anthropic-version" for name, _ in headers):
+        return Dialect.ANTHROPIC
+    return Dialect.OPENAI

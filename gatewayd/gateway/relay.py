@@ -41,16 +41,16 @@ from gatewayd.gateway.core.framing import (
     NDJSONDecoder,
     SSEDecoder,
     encode,
-    encode_ndjson,
-    encode_sse,
+    encoder,
     split_complete,
 )
 from gatewayd.gateway.core.inventory import Target
 from gatewayd.gateway.core.keepalive import keepalive_event
 from gatewayd.gateway.core.routing import Preference, order_targets
-from gatewayd.gateway.core.translate import translator
 from gatewayd.gateway.core.translate_base import StreamTranslator, Translator
+from gatewayd.gateway.dialects.bridge import translator_for
 from gatewayd.gateway.metrics import Metrics
+from gatewayd.gateway.token_count import count_tokens
 
 log = logging.getLogger("gatewayd.relay")
 
@@ -87,6 +87,7 @@ class Exchange:
         "status",
         "stream",
         "stream_events",
+        "translation",
         "upstream_time",
         "usage",
     )
@@ -127,6 +128,8 @@ class Exchange:
         #: seconds spent waiting on upstreams (for the overhead figure)
         self.upstream_time = 0.0
         self.usage = Usage()
+        #: the last attempt's translator (the edge reads what a codec kept, e.g. a Responses conversation)
+        self.translation: Translator | None = None
         self.error: str | None = None
         #: x-ratelimit-* headers of the caller's key, when it has limits
         self.rate_headers: Mapping[str, str] | None = None
@@ -250,6 +253,15 @@ class Relay:
             return ordered
         return [t for t in ordered if t.backend == pinned] + [t for t in ordered if t.backend != pinned]
 
+    async def count_tokens(self, exchange: Exchange) -> tuple[int, str]:
+        """The prompt's token count on the first candidate for the exchange's model, and whether the backend
+        counted it or it is an estimate (``token_count``)."""
+        target = (await self.candidates(exchange))[0]
+        exchange.attempts = 1
+        exchange.backend = target.backend
+        backend = self._pool.runtimes[target.backend].config
+        return await count_tokens(self._transport, backend, target.model, exchange.body)
+
     async def relay(self, exchange: Exchange, send: Send) -> None:
         """Serve the exchange, sending the response through ``send``.
 
@@ -356,7 +368,10 @@ class Relay:
         clock = time.perf_counter
         try:
             # answers name the model that produced them, as same-dialect answers relayed as bytes do
-            translation = translator(exchange.api, backend_dialect(backend.kind), client_model=target.model)
+            translation = translator_for(
+                exchange.api, backend_dialect(backend.kind), client_model=target.model
+            )
+            exchange.translation = translation
             body = self._upstream_body(exchange, translation, target.model)
             headers = {"Content-Type": "application/json", **auth_headers(backend)}
             started = clock()
@@ -498,8 +513,8 @@ class Relay:
     ) -> None:
         """Same dialect: forward whole events as bytes; parse only events that carry token counts."""
         usage = translation.stream()
-        marker = b'"usage"' if framing is Framing.SSE else b'"done"'
-        event_mark = b"data:" if framing is Framing.SSE else b"\n"
+        marker = b'"usage"' if framing.is_sse else b'"done"'
+        event_mark = b"data:" if framing.is_sse else b"\n"
         rest = b""
         waiting_since = time.perf_counter()
         async for data in upstream.chunks():
@@ -537,8 +552,8 @@ class Relay:
     ) -> None:
         """Other dialect: decode upstream events, translate, encode in the client's framing."""
         stream = translation.stream()
-        encode = encode_sse if framing is Framing.SSE else encode_ndjson
-        sse = translation.upstream_framing is Framing.SSE
+        encode = encoder(framing)
+        sse = translation.upstream_framing.is_sse
         decoder: SSEDecoder | NDJSONDecoder = SSEDecoder() if sse else NDJSONDecoder()
         finished = False
         waiting_since = time.perf_counter()
@@ -562,7 +577,7 @@ class Relay:
                     await self._start_stream(exchange, send, framing, chunk)
             if finished:
                 break
-        if sse and not finished:
+        if translation.upstream_framing is Framing.SSE and not finished:  # other SSE has no [DONE]
             raise BadGateway(f"backend {exchange.backend} ended the stream early", backend=exchange.backend)
         tail = b"".join(encode(p) for p in stream.finish())
         if framing is Framing.SSE:
@@ -605,7 +620,7 @@ def _check_first_events(complete: bytes, framing: Framing, backend: str | None) 
     """Raise BadGateway unless the events that would start a relayed stream are JSON. Checked once, before
     the client has seen a byte, so a backend answering garbage gets a 502 (or the next candidate) rather
     than the client a stream it cannot parse; later events are relayed unparsed."""
-    sse = framing is Framing.SSE
+    sse = framing.is_sse
     try:
         _decode(SSEDecoder() if sse else NDJSONDecoder(), complete, sse)
     except BadGateway:
@@ -614,7 +629,7 @@ def _check_first_events(complete: bytes, framing: Framing, backend: str | None) 
 
 def _scan_usage(complete: bytes, framing: Framing, usage: StreamTranslator) -> None:
     """Feed the events of ``complete`` that mention token counts to the usage extractor."""
-    if framing is Framing.SSE:
+    if framing.is_sse:
         for block in complete.split(b"\n\n"):
             if b'"usage"' in block:
                 for line in block.splitlines():

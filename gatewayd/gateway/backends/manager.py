@@ -60,6 +60,7 @@ DEFAULT_READY_PATHS: Mapping[BackendKind, str] = {
     BackendKind.VLLM: "/health",
     BackendKind.OLLAMA: "/api/version",
     BackendKind.OPENAI: "/v1/models",
+    BackendKind.ANTHROPIC: "/v1/models",
 }
 
 

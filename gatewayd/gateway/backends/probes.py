@@ -21,7 +21,16 @@ def api_url(backend: Backend, path: str) -> str:
     return base + path
 
 
+#: the Messages API version gatewayd speaks to a backend of ``kind: anthropic``
+ANTHROPIC_VERSION = "2023-06-01"
+
+
 def auth_headers(backend: Backend) -> dict[str, str]:
+    """The headers that authenticate to ``backend``: Bearer, or Anthropic's x-api-key (with its API
+    version, which an Anthropic backend requires on every request)."""
+    if backend.kind is BackendKind.ANTHROPIC:
+        key = {"x-api-key": backend.api_key} if backend.api_key else {}
+        return {**key, "anthropic-version": ANTHROPIC_VERSION}
     return {"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {}
 
 

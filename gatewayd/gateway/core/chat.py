@@ -109,7 +109,7 @@ class Tool:
 
     name: str
     description: str | None = None
-    parameters: Mapping[str, Any] = _EMPTY
+    parameters: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
 class ToolMode(enum.StrEnum):
@@ -141,7 +141,7 @@ class Sampling:
     presence_penalty: float | None = None
     repeat_penalty: float | None = None
     stop: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = _EMPTY
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
 class OutputKind(enum.StrEnum):

@@ -26,15 +26,22 @@ MAX_UPSTREAM_ERROR_CHARS = 2000
 class Dialect(enum.StrEnum):
     OPENAI = "openai"  # /v1/*: OpenAI objects, SSE streams
     OLLAMA = "ollama"  # /api/*: Ollama objects, NDJSON streams
+    ANTHROPIC = "anthropic"  # /v1/messages: Anthropic objects, SSE streams with named events
 
 
 class Framing(enum.StrEnum):
     SSE = "sse"  # text/event-stream: "data: <json>\n\n" events, ended by "data: [DONE]"
     NDJSON = "ndjson"  # application/x-ndjson: one JSON object per line
+    #: text/event-stream: "event: <payload type>\ndata: <json>\n\n", no end marker (Anthropic, Responses)
+    SSE_EVENTS = "sse-events"
 
     @property
     def content_type(self) -> str:
-        return "text/event-stream" if self is Framing.SSE else "application/x-ndjson"
+        return "application/x-ndjson" if self is Framing.NDJSON else "text/event-stream"
+
+    @property
+    def is_sse(self) -> bool:
+        return self is not Framing.NDJSON
 
 
 class Api(enum.StrEnum):
@@ -43,6 +50,9 @@ class Api(enum.StrEnum):
     OPENAI_CHAT = "openai.chat"  # POST /v1/chat/completions
     OPENAI_COMPLETIONS = "openai.completions"  # POST /v1/completions
     OPENAI_EMBEDDINGS = "openai.embeddings"  # POST /v1/embeddings
+    OPENAI_RESPONSES = "openai.responses"  # POST /v1/responses
+    ANTHROPIC_MESSAGES = "anthropic.messages"  # POST /v1/messages
+    ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens"  # POST /v1/messages/count_tokens
     OLLAMA_CHAT = "ollama.chat"  # POST /api/chat
     OLLAMA_GENERATE = "ollama.generate"  # POST /api/generate
     OLLAMA_EMBED = "ollama.embed"  # POST /api/embed
@@ -50,7 +60,7 @@ class Api(enum.StrEnum):
 
     @property
     def dialect(self) -> Dialect:
-        return Dialect.OPENAI if self.value.startswith("openai.") else Dialect.OLLAMA
+        return Dialect(self.value.partition(".")[0])
 
     @property
     def path(self) -> str:
@@ -58,7 +68,7 @@ class Api(enum.StrEnum):
 
     @property
     def framing(self) -> Framing:
-        return dialect_framing(self.dialect)
+        return Framing.SSE_EVENTS if self is Api.OPENAI_RESPONSES else dialect_framing(self.dialect)
 
     @property
     def is_embedding(self) -> bool:
@@ -70,23 +80,37 @@ _API_PATHS: Mapping[Api, str] = MappingProxyType(
         Api.OPENAI_CHAT: "/v1/chat/completions",
         Api.OPENAI_COMPLETIONS: "/v1/completions",
         Api.OPENAI_EMBEDDINGS: "/v1/embeddings",
+        Api.OPENAI_RESPONSES: "/v1/responses",
+        Api.ANTHROPIC_MESSAGES: "/v1/messages",
+        Api.ANTHROPIC_COUNT_TOKENS: "/v1/messages/count_tokens",
         Api.OLLAMA_CHAT: "/api/chat",
         Api.OLLAMA_GENERATE: "/api/generate",
         Api.OLLAMA_EMBED: "/api/embed",
         Api.OLLAMA_EMBEDDINGS: "/api/embeddings",
     }
 )
-_EMBEDDING_APIS = frozenset({Api.OPENAI_EMBEDDINGS, Api.OLLAMA_EMBED, Api.OLLAMA_EMBEDDINGS})
+_EMBEDDING_APIS = frozenset(
+    {Api.OPENAI_EMBEDDINGS, Api.OLLAMA_EMBED, Api.OLLAMA_EMBEDDINGS, Api.ANTHROPIC_COUNT_TOKENS}
+)
 
 
 def dialect_framing(dialect: Dialect) -> Framing:
-    """How a dialect frames its streams: SSE for OpenAI, NDJSON for Ollama."""
-    return Framing.SSE if dialect is Dialect.OPENAI else Framing.NDJSON
+    """How a dialect frames its streams: SSE for OpenAI, NDJSON for Ollama, named SSE events for
+    Anthropic."""
+    return _DIALECT_FRAMING[dialect]
+
+
+_DIALECT_FRAMING: Mapping[Dialect, Framing] = MappingProxyType(
+    {Dialect.OPENAI: Framing.SSE, Dialect.OLLAMA: Framing.NDJSON, Dialect.ANTHROPIC: Framing.SSE_EVENTS}
+)
 
 
 def backend_dialect(kind: BackendKind) -> Dialect:
-    """The dialect a backend kind speaks: Ollama's native API, or OpenAI's for every other kind."""
-    return Dialect.OLLAMA if kind is BackendKind.OLLAMA else Dialect.OPENAI
+    """The dialect a backend kind speaks: Ollama's or Anthropic's native API, or OpenAI's for every other
+    kind."""
+    if kind is BackendKind.OLLAMA:
+        return Dialect.OLLAMA
+    return Dialect.ANTHROPIC if kind is BackendKind.ANTHROPIC else Dialect.OPENAI
 
 
 def wants_stream(api: Api, body: Mapping[str, Any]) -> bool:
@@ -98,7 +122,7 @@ def wants_stream(api: Api, body: Mapping[str, Any]) -> bool:
     if api.is_embedding:
         return False
     stream = body.get("stream")
-    if api.dialect is Dialect.OPENAI:
+    if api.dialect is not Dialect.OLLAMA:
         return stream is True
     return stream is None or bool(stream)
 
@@ -115,9 +139,12 @@ class Usage:
 
 
 def error_status(dialect: Dialect, error: RequestError) -> int:
-    """The HTTP status of ``error`` in ``dialect``: Ollama answers a full queue with 503, OpenAI with 429."""
+    """The HTTP status of ``error`` in ``dialect``: Ollama answers a full queue with 503, OpenAI with 429,
+    Anthropic with 529 (its "overloaded": the anthropic client retries it)."""
     if isinstance(error, Overloaded) and dialect is Dialect.OLLAMA:
         return error.ollama_status
+    if isinstance(error, Overloaded) and dialect is Dialect.ANTHROPIC:
+        return ANTHROPIC_OVERLOADED_STATUS
     return error.status
 
 
@@ -132,6 +159,8 @@ def error_body(dialect: Dialect, error: RequestError) -> bytes:
         return _upstream_error_body(dialect, error)
     if dialect is Dialect.OLLAMA:
         return dumps({"error": error.message}).encode()
+    if dialect is Dialect.ANTHROPIC:
+        return dumps(anthropic_error(error.message, error_status(dialect, error))).encode()
     return dumps(
         {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
     ).encode()
@@ -146,8 +175,35 @@ def stream_error_payload(dialect: Dialect, message: str, code: str) -> dict[str,
     ``error`` key.
     """
     if dialect is Dialect.OPENAI:
+        # under SSE_EVENTS framing (the Responses API) this is an ``event: error``
         return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    if dialect is Dialect.ANTHROPIC:  # ``event: error``: the anthropic client raises APIStatusError
+        return anthropic_error(message, 500)
     return {"error": message}
+
+
+#: HTTP status -> Anthropic's error ``type``
+_ANTHROPIC_ERROR_TYPES: Mapping[int, str] = MappingProxyType(
+    {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        402: "billing_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        504: "timeout_error",
+        529: "overloaded_error",
+    }
+)
+#: what an overloaded gateway answers an Anthropic client
+ANTHROPIC_OVERLOADED_STATUS = 529
+
+
+def anthropic_error(message: str, status: int) -> dict[str, Any]:
+    """Anthropic's error object ``{"type": "error", "error": {"type", "message"}}`` for ``status``."""
+    kind = _ANTHROPIC_ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def _upstream_error_body(dialect: Dialect, error: UpstreamStatus) -> bytes:
@@ -160,6 +216,8 @@ def _upstream_error_body(dialect: Dialect, error: UpstreamStatus) -> bytes:
     message = _upstream_message(parsed, error)
     if dialect is Dialect.OLLAMA:
         return dumps({"error": message}).encode()
+    if dialect is Dialect.ANTHROPIC:
+        return dumps(anthropic_error(message, error.status)).encode()
     return dumps(
         {
             "error": {
@@ -178,6 +236,12 @@ def _has_dialect_shape(dialect: Dialect, parsed: object) -> bool:
     inner = parsed.get("error")
     if dialect is Dialect.OLLAMA:
         return isinstance(inner, str)
+    if dialect is Dialect.ANTHROPIC:
+        return (
+            parsed.get("type") == "error"
+            and isinstance(inner, dict)
+            and isinstance(inner.get("message"), str)
+        )
     return isinstance(inner, dict) and isinstance(inner.get("message"), str)
 
 

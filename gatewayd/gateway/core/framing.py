@@ -7,7 +7,7 @@ a UTF-8 character is harmless (line terminators are ASCII and never occur inside
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +175,18 @@ def encode_sse_comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
 
 
+def encode_sse_event(payload: Mapping[str, Any]) -> bytes:
+    """``event: <payload's type>\ndata: <compact json>\n\n`` (a payload without a type is an error)."""
+    return f"event: {payload.get('type', 'error')}\ndata: {dumps(payload)}\n\n".encode()
+
+
+def encoder(framing: Framing) -> Callable[[Mapping[str, Any]], bytes]:
+    """The function that frames one payload for ``framing``."""
+    if framing is Framing.SSE:
+        return encode_sse
+    return encode_ndjson if framing is Framing.NDJSON else encode_sse_event
+
+
 def encode(framing: Framing, payload: Mapping[str, Any]) -> bytes:
     """``payload`` framed for ``framing``."""
-    return encode_sse(payload) if framing is Framing.SSE else encode_ndjson(payload)
+    return encoder(framing)(payload)

@@ -4,14 +4,14 @@ model server loads. Pure."""
 
 from __future__ import annotations
 
-from gatewayd.gateway.core.dialects import Api, Framing
+from gatewayd.gateway.core.dialects import Api
 from gatewayd.gateway.core.framing import encode_ndjson, encode_sse_comment
 from gatewayd.gateway.core.translate_base import now_seconds, rfc3339
 
 
 def keepalive_event(api: Api, model: str, backend: str) -> bytes:
     """One keep-alive event in ``api``'s framing, for a stream of ``model`` waiting for ``backend``."""
-    if api.framing is Framing.SSE:
+    if api.framing.is_sse:
         return encode_sse_comment(f"gatewayd: starting backend {backend}")
     created_at = rfc3339(now_seconds())
     if api is Api.OLLAMA_CHAT:

@@ -25,6 +25,7 @@ from gatewayd.gateway.core.translate_base import (
     Payload,
     StreamTranslator,
     Translator,
+    anthropic_usage,
     expect_dict,
     ollama_usage,
     openai_usage,
@@ -87,9 +88,13 @@ class Passthrough(Translator):
 
     def usage(self, upstream: object) -> Usage:
         body = expect_dict(upstream, "response")
+        if self.api.dialect is Dialect.ANTHROPIC:
+            return anthropic_usage(body.get("usage"))
         return openai_usage(body) if self.api.dialect is Dialect.OPENAI else ollama_usage(body)
 
     def stream(self) -> StreamTranslator:
+        if self.api.dialect is Dialect.ANTHROPIC:
+            return _AnthropicUsageTap()
         return _OpenAIUsageTap() if self.api.dialect is Dialect.OPENAI else _OllamaUsageTap()
 
 
@@ -115,3 +120,19 @@ class _OllamaUsageTap(StreamTranslator):
         if line.get("done") is True:
             self.usage = ollama_usage(line)
         return [line]
+
+
+class _AnthropicUsageTap(StreamTranslator):
+    """Lets Anthropic events through; keeps the counts of message_start (input) and message_delta
+    (output)."""
+
+    __slots__ = ()
+
+    def event(self, payload: object) -> list[Payload]:
+        event = expect_dict(payload, "stream event")
+        kind = event.get("type")
+        if kind == "message_start" and isinstance(event.get("message"), dict):
+            anthropic_usage(event["message"].get("usage"), self.usage)
+        elif kind == "message_delta":
+            anthropic_usage(event.get("usage"), self.usage)
+        return [event]

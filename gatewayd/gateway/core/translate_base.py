@@ -128,6 +128,23 @@ def openai_usage(payload: Payload) -> Usage:
     return Usage(token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens")))
 
 
+def anthropic_usage(usage: object, into: Usage | None = None) -> Usage:
+    """Token counts from an Anthropic ``usage`` object (input tokens include the cached ones), updating
+    ``into`` where given (a stream reports them in two events)."""
+    out = into if into is not None else Usage()
+    if not isinstance(usage, dict):
+        return out
+    inputs = [
+        usage.get(name) for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    ]
+    if type(inputs[0]) is int:
+        out.prompt_tokens = sum(value for value in inputs if type(value) is int)
+    output = usage.get("output_tokens")
+    if type(output) is int:
+        out.completion_tokens = output
+    return out
+
+
 def ollama_usage(payload: Payload) -> Usage:
     """Token counts from an Ollama final body or ``done`` line, None where absent."""
     return Usage(token_count(payload.get("prompt_eval_count")), token_count(payload.get("eval_count")))
