@@ -176,7 +176,7 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
     return response
 
 
-# --- Ollama /api/chat ------------------------------------------------------------------------------------------
+# --- Ollama /api/chat ---------------------------------------------------------------------------------
 
 ollama_routes = web.RouteTableDef()
 
@@ -239,7 +239,7 @@ async def ollama_chat(request: web.Request) -> web.StreamResponse:
     return response
 
 
-# --- running it --------------------------------------------------------------------------------------------------
+# --- running it ------------------------------------------------------------------------------------
 
 
 @dataclass
