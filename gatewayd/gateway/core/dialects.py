@@ -89,9 +89,7 @@ _API_PATHS: Mapping[Api, str] = MappingProxyType(
         Api.OLLAMA_EMBEDDINGS: "/api/embeddings",
     }
 )
-_EMBEDDING_APIS = frozenset(
-    {Api.OPENAI_EMBEDDINGS, Api.OLLAMA_EMBED, Api.OLLAMA_EMBEDDINGS, Api.ANTHROPIC_COUNT_TOKENS}
-)
+_EMBEDDING_APIS = frozenset({Api.OPENAI_EMBEDDINGS, Api.OLLAMA_EMBED, Api.OLLAMA_EMBEDDINGS})
 
 
 def dialect_framing(dialect: Dialect) -> Framing:

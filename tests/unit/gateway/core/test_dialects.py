@@ -35,9 +35,15 @@ CHAT = [{"role": "user", "content": "hi"}]
 
 
 def test_api_knows_its_dialect_path_framing_and_kind() -> None:
-    for api in Api:
+    named_events = {Api.OPENAI_RESPONSES, Api.ANTHROPIC_MESSAGES, Api.ANTHROPIC_COUNT_TOKENS}
+    for api in set(Api) - named_events:
         assert api.path.startswith("/v1/" if api.dialect is Dialect.OPENAI else "/api/")
         assert api.framing is (Framing.SSE if api.dialect is Dialect.OPENAI else Framing.NDJSON)
+    for api in named_events:
+        assert api.path.startswith("/v1/")
+        assert api.framing is Framing.SSE_EVENTS
+    assert Api.OPENAI_RESPONSES.dialect is Dialect.OPENAI
+    assert Api.ANTHROPIC_MESSAGES.dialect is Dialect.ANTHROPIC
     assert Api.OPENAI_CHAT.path == "/v1/chat/completions"
     assert Api.OLLAMA_EMBEDDINGS.path == "/api/embeddings"
     assert {api for api in Api if api.is_embedding} == {
@@ -51,6 +57,7 @@ def test_backend_dialect() -> None:
     assert backend_dialect(BackendKind.OLLAMA) is Dialect.OLLAMA
     for kind in (BackendKind.OPENAI, BackendKind.LLAMA_SERVER, BackendKind.VLLM):
         assert backend_dialect(kind) is Dialect.OPENAI
+    assert backend_dialect(BackendKind.ANTHROPIC) is Dialect.ANTHROPIC
 
 
 @pytest.mark.parametrize(

@@ -418,6 +418,8 @@ def test_refusals_are_429_and_402_in_both_dialects_and_the_message_stands_alone(
     body = json.loads(error_body(dialect, error))
     if dialect is Dialect.OLLAMA:
         assert body == {"error": "key 'ci' is over its limit of 1 requests per minute; retry in 12 s"}
+    elif dialect is Dialect.ANTHROPIC:
+        assert body["error"]["type"] == "rate_limit_error"
     else:
         assert body["error"]["code"] == "rate_limit_exceeded"
     assert error_status(dialect, BudgetExceeded("spent")) == 402
