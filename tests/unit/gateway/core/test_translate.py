@@ -8,7 +8,6 @@ from gatewayd.gateway.core.framing import SSE_DONE, encode_ndjson, encode_sse
 from gatewayd.gateway.core.translate import Passthrough, translator
 from tests.unit.gateway.core.harness import pump
 
-
 #: the APIs and backend dialects ``translator`` serves (the codec APIs go through dialects.bridge)
 CODEC_APIS = {Api.OPENAI_RESPONSES, Api.ANTHROPIC_MESSAGES, Api.ANTHROPIC_COUNT_TOKENS}
 
