@@ -24,7 +24,6 @@ from gatewayd import __version__
 from gatewayd.config import AuthMode
 from gatewayd.config.loader import is_loopback_host
 from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound, NotFound, RequestError
-from gatewayd.gateway.core.dialects import error_body, error_status
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.guard import Guard
@@ -320,14 +319,14 @@ def _same_origin_only(guard: Guard) -> None:
 
 
 def _error_response(error: RequestError) -> Response:
-    dialect = dialect_of_path(request.path, _scope_headers())
-    response = Response(error_body(dialect, error), content_type="application/json")
-    response.status_code = error_status(dialect, error)
+    dialect = dialect_of_path(request.path)
+    response = Response(dialect.error_body(error), content_type="application/json")
+    response.status_code = dialect.error_status(error)
     return response
 
 
 def _anthropic_models(rows: list[dict[str, Any]], created: int) -> dict[str, Any]:
-    """Anthropic's model list (``anthropic`` client's ``models.list()``), for requests that carry
+    """Anthropic's model list (the ``anthropic`` client's ``models.list()``), for requests that carry
     ``anthropic-version``; one page holds every model."""
     created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
     data = [

@@ -36,6 +36,7 @@ from gatewayd.errors import (
     Unauthorized,
 )
 from gatewayd.gateway.core.limits import Grant, KeyPolicy, Limiter, estimate_tokens
+from gatewayd.gateway.core.profile import bearer
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.store.db import Store
 from gatewayd.store.keys import KeyRecord, hash_key, parse_expiry
@@ -56,28 +57,6 @@ MAX_REPORTED_TOKENS = 2**31 - 1
 MAX_LIMIT = 2**53
 #: the guard's own store reads and imports run off the request path: they may wait for a writer this long
 STORE_BUSY_TIMEOUT_SECONDS = 5.0
-
-
-def api_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The key a client sent: ``Authorization: Bearer <key>``, or Anthropic's ``x-api-key: <key>``."""
-    token = bearer(headers)
-    if token is not None:
-        return token
-    for name, value in headers:
-        if name == b"x-api-key":
-            return value.decode("latin-1").strip() or None
-    return None
-
-
-def bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The token of an ``Authorization: Bearer ...`` header, if any."""
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            return None
-    return None
 
 
 class Guard:
@@ -266,17 +245,19 @@ class Guard:
 
     # -- requests -----------------------------------------------------------------------------------
 
-    def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> KeyRecord | None:
-        """The caller's key; None when auth is off. Raises Unauthorized (no key, unknown, revoked or
+    def authenticate(
+        self,
+        headers: Iterable[tuple[bytes, bytes]],
+        read_key: Callable[[Iterable[tuple[bytes, bytes]]], str | None] = bearer,
+    ) -> KeyRecord | None:
+        """The caller's key, read from ``headers`` by ``read_key`` (the endpoint's dialect says where its
+        clients send it); None when auth is off. Raises Unauthorized (no key, unknown, revoked or
         expired: the message does not say which, nor echo the key)."""
         if self.settings.mode is AuthMode.OFF:
             return None
-        token = api_key(headers)
+        token = read_key(headers)
         if token is None:
-            raise Unauthorized(
-                "this gateway requires an API key: send it as 'Authorization: Bearer <key>'"
-                " or 'x-api-key: <key>'"
-            )
+            raise Unauthorized("this gateway requires an API key: send it as 'Authorization: Bearer <key>'")
         digest = hash_key(token)
         record = self._keys.get(digest)
         if record is None or not record.active:

@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
@@ -18,12 +18,12 @@ from gatewayd.config import ResponsesSettings
 from gatewayd.errors import BadRequest, KeyLimitError, NotFound, PayloadTooLarge, RequestError
 from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.conversations import Conversations
-from gatewayd.gateway.core.dialects import Api, Dialect, error_body, error_status, wants_stream
 from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.limits import Grant
 from gatewayd.gateway.core.requestid import request_id
-from gatewayd.gateway.dialects.bridge import CodecTranslator
+from gatewayd.gateway.core.translation import CodecTranslator
 from gatewayd.gateway.dialects.openai_responses import ResponsesClient
+from gatewayd.gateway.dialects.registry import ROUTES, Api, dialect_of_path
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.relay import Exchange, Relay
@@ -37,7 +37,7 @@ access_log = logging.getLogger("gatewayd.access")
 log = logging.getLogger("gatewayd.inference")
 
 #: POST paths served here, and the API each one speaks
-INFERENCE_ROUTES: dict[str, Api] = {api.path: api for api in Api}
+INFERENCE_ROUTES: dict[str, Api] = dict(ROUTES)
 #: HTTP status logged for a request whose client went away before the answer
 CLIENT_CLOSED_REQUEST = 499
 #: a request starts watching for its client's disconnect once it has lasted this long
@@ -182,10 +182,10 @@ class InferenceEndpoint:
         key: KeyRecord | None = None
         grant: Grant | None = None
         try:
-            key = self._guard.authenticate(scope["headers"])  # before the body is read
+            key = self._guard.authenticate(scope["headers"], api.dialect.api_key)  # before the body is read
             exchange.raw = await read_body(scope, receive, self._limit)
             exchange.body, exchange.model = parse_request(api, exchange.raw)
-            exchange.stream = wants_stream(api, exchange.body)
+            exchange.stream = api.wants_stream(exchange.body)
             grant = await self._guard.admit(key, exchange.model, len(exchange.raw))
             if grant is not None:
                 exchange.rate_headers = grant.headers
@@ -238,9 +238,8 @@ class InferenceEndpoint:
             return
         if not isinstance(previous, str) or not previous:
             raise BadRequest("'previous_response_id' must be a string", param="previous_response_id")
-        items = (
-            None if self._conversations is None else await self._conversations.load(previous, self._responses)
-        )
+        conversations = self._conversations
+        items = None if conversations is None else await conversations.load(previous, self._responses)
         if items is None:
             raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
         given = exchange.body.get("input")
@@ -249,12 +248,12 @@ class InferenceEndpoint:
         exchange.body["input"] = [*items, *(given if isinstance(given, list) else [])]
 
     async def _after_codec(self, exchange: Exchange) -> None:
-        """What a codec translator kept: tool types it left out (logged), a Responses conversation to
-        store."""
+        """What a client codec kept: tool types it left out (logged), a Responses conversation to store."""
         translation = exchange.translation
         if not isinstance(translation, CodecTranslator):
             return
-        dropped = getattr(translation.client, "dropped_tools", None)
+        client = translation.client_codec
+        dropped = getattr(client, "dropped_tools", None)
         if dropped:
             log.info(
                 "%s %s: left out tools the backend cannot run: %s",
@@ -262,7 +261,6 @@ class InferenceEndpoint:
                 exchange.api.path,
                 ", ".join(sorted(set(dropped))),
             )
-        client = translation.client
         if (
             isinstance(client, ResponsesClient)
             and client.store
@@ -286,10 +284,10 @@ class InferenceEndpoint:
 
     async def _send_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
         dialect = exchange.api.dialect
-        status = error_status(dialect, error)
+        status = dialect.error_status(error)
         exchange.status = status
         exchange.error = error.message
-        body = error_body(dialect, error)
+        body = dialect.error_body(error)
         headers = exchange.response_headers(b"application/json")
         headers.append((b"content-length", str(len(body)).encode()))
         if error.retry_after is not None:
@@ -345,11 +343,5 @@ class InferenceEndpoint:
             )
 
 
-def dialect_of_path(path: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> Dialect:
-    """The dialect an answer on ``path`` speaks: Ollama under /api, Anthropic for /v1/messages (and for
-    any request that carries ``anthropic-version``), else OpenAI."""
-    if path.startswith("/api/"):
-        return Dialect.OLLAMA
-    if path.startswith("/v1/messages") or any(name == b"anthropic-version" for name, _ in headers):
-        return Dialect.ANTHROPIC
-    return Dialect.OPENAI
+#: re-exported for the app's error handler
+__all__ = ["INFERENCE_ROUTES", "InferenceEndpoint", "dialect_of_path", "read_body"]

@@ -26,29 +26,21 @@ from gatewayd.errors import (
     Draining,
     ModelNotFound,
     Overloaded,
-    RequestError,
     UpstreamStatus,
 )
+from gatewayd.gateway.backends.kinds import KINDS, auth_headers
 from gatewayd.gateway.backends.manager import ManagedBackend
 from gatewayd.gateway.backends.pool import BackendPool, BackendRuntime
-from gatewayd.gateway.backends.probes import api_url, auth_headers
+from gatewayd.gateway.backends.probes import api_url
 from gatewayd.gateway.backends.transport import Transport, UpstreamResponse
 from gatewayd.gateway.core.affinity import AffinityTable, Outcome, affinity_key
-from gatewayd.gateway.core.dialects import Api, Framing, Usage, backend_dialect, stream_error_payload
-from gatewayd.gateway.core.framing import (
-    DONE,
-    SSE_DONE,
-    NDJSONDecoder,
-    SSEDecoder,
-    encode,
-    encoder,
-    split_complete,
-)
+from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.inventory import Target
-from gatewayd.gateway.core.keepalive import keepalive_event
 from gatewayd.gateway.core.routing import Preference, order_targets
-from gatewayd.gateway.core.translate_base import StreamTranslator, Translator
-from gatewayd.gateway.dialects.bridge import translator_for
+from gatewayd.gateway.core.stream import StreamMachine, stream_machine
+from gatewayd.gateway.core.translation import Translator
+from gatewayd.gateway.core.usage import Usage
+from gatewayd.gateway.dialects.registry import Api, translator
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.token_count import count_tokens
 
@@ -320,6 +312,8 @@ class Relay:
         (200, this backend: no fallback from then on); a start that fails after that ends the stream with
         an error event in its dialect."""
         interval = self._config.managed.progress_interval_seconds
+        keepalive = exchange.api.endpoint.keepalive
+        assert keepalive is not None, "only streams wait with keep-alive events"
         ready = anyio.Event()
         quiet = anyio.Event()  # the keep-alive task sends nothing more: the response is ours again
 
@@ -329,7 +323,7 @@ class Relay:
                     with anyio.move_on_after(interval):
                         await ready.wait()
                         return
-                    event = keepalive_event(exchange.api, exchange.model, unit.id)
+                    event = keepalive(exchange.model, unit.id)
                     if exchange.started:
                         await send({"type": "http.response.body", "body": event, "more_body": True})
                     else:
@@ -368,9 +362,7 @@ class Relay:
         clock = time.perf_counter
         try:
             # answers name the model that produced them, as same-dialect answers relayed as bytes do
-            translation = translator_for(
-                exchange.api, backend_dialect(backend.kind), client_model=target.model
-            )
+            translation = translator(exchange.api, KINDS[backend.kind].dialect, client_model=target.model)
             exchange.translation = translation
             body = self._upstream_body(exchange, translation, target.model)
             headers = {"Content-Type": "application/json", **auth_headers(backend)}
@@ -396,7 +388,7 @@ class Relay:
             exchange.backend = backend.id
             total = backend.timeouts.total_seconds
             with anyio.fail_after(total) if total is not None else _no_timeout():
-                if exchange.stream and _is_stream(upstream, translation.upstream_framing):
+                if exchange.stream and _is_stream(upstream, translation.upstream.framing):
                     await self._relay_stream(exchange, translation, upstream, send)
                 else:
                     await self._relay_whole(exchange, translation, upstream, send)
@@ -473,25 +465,25 @@ class Relay:
     async def _relay_stream(
         self, exchange: Exchange, translation: Translator, upstream: UpstreamResponse, send: Send
     ) -> None:
-        client_framing = exchange.api.framing
+        """Relay a streamed answer through its stream machine (``core.stream``): bytes in, bytes out."""
+        client = exchange.api.dialect
         scope = anyio.CancelScope()
         self._streams.add(scope)
         try:
             with scope:
-                if translation.passthrough:
-                    await self._pass_stream(exchange, translation, upstream, send, client_framing)
-                else:
-                    await self._translate_stream(exchange, translation, upstream, send, client_framing)
+                await self._pump(
+                    exchange,
+                    stream_machine(translation, exchange.backend, started=exchange.started),
+                    upstream,
+                    send,
+                )
         finally:
             self._streams.discard(scope)
         if scope.cancelled_caught:
             exchange.error = "gateway shutdown"
             if not exchange.started:
                 raise Draining(_SHUTDOWN_MESSAGE)
-            event = encode(
-                client_framing,
-                stream_error_payload(exchange.api.dialect, _SHUTDOWN_MESSAGE, "gateway_shutdown"),
-            )
+            event = client.encode(client.stream_error(_SHUTDOWN_MESSAGE, "gateway_shutdown"))
             await send({"type": "http.response.body", "body": event, "more_body": False})
 
     async def _start_stream(self, exchange: Exchange, send: Send, framing: Framing, first: bytes) -> None:
@@ -503,153 +495,42 @@ class Relay:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": first, "more_body": True})
 
-    async def _pass_stream(
-        self,
-        exchange: Exchange,
-        translation: Translator,
-        upstream: UpstreamResponse,
-        send: Send,
-        framing: Framing,
+    async def _pump(
+        self, exchange: Exchange, machine: StreamMachine, upstream: UpstreamResponse, send: Send
     ) -> None:
-        """Same dialect: forward whole events as bytes; parse only events that carry token counts."""
-        usage = translation.stream()
-        marker = b'"usage"' if framing.is_sse else b'"done"'
-        event_mark = b"data:" if framing.is_sse else b"\n"
-        rest = b""
+        framing = exchange.api.framing
         waiting_since = time.perf_counter()
-        async for data in upstream.chunks():
-            if not exchange.started:  # the wait for the first event is the backend's time, not ours
-                now = time.perf_counter()
-                exchange.upstream_time += now - waiting_since
-                waiting_since = now
-            complete, rest = split_complete(rest + data if rest else data, framing)
-            if not complete:
-                continue
-            exchange.stream_events += complete.count(event_mark)
-            if marker in complete:
-                _scan_usage(complete, framing, usage)
-            if exchange.started:
-                await send({"type": "http.response.body", "body": complete, "more_body": True})
-            else:
-                _check_first_events(complete, framing, exchange.backend)
-                await self._start_stream(exchange, send, framing, complete)
-        if rest.strip():
-            raise BadGateway(
-                f"backend {exchange.backend} ended the stream mid-event", backend=exchange.backend
-            )
-        exchange.usage = usage.usage
-        if not exchange.started:
-            raise BadGateway(f"backend {exchange.backend} sent an empty stream", backend=exchange.backend)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _translate_stream(
-        self,
-        exchange: Exchange,
-        translation: Translator,
-        upstream: UpstreamResponse,
-        send: Send,
-        framing: Framing,
-    ) -> None:
-        """Other dialect: decode upstream events, translate, encode in the client's framing."""
-        stream = translation.stream()
-        encode = encoder(framing)
-        sse = translation.upstream_framing.is_sse
-        decoder: SSEDecoder | NDJSONDecoder = SSEDecoder() if sse else NDJSONDecoder()
-        finished = False
-        waiting_since = time.perf_counter()
-        async for data in upstream.chunks():
-            if not exchange.started:  # the wait for the first event is the backend's time, not ours
-                now = time.perf_counter()
-                exchange.upstream_time += now - waiting_since
-                waiting_since = now
-            out: list[bytes] = []
-            for payload in _decode(decoder, data, sse):
-                if payload is None:
-                    finished = True
+        try:
+            async for data in upstream.chunks():
+                if not exchange.started:  # the wait for the first event is the backend's time, not ours
+                    now = time.perf_counter()
+                    exchange.upstream_time += now - waiting_since
+                    waiting_since = now
+                out = machine.feed(data)
+                if out:
+                    if exchange.started:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    else:
+                        await self._start_stream(exchange, send, framing, out)
+                if machine.finished:
                     break
-                out.extend(encode(p) for p in stream.event(payload))
-            if out:
-                exchange.stream_events += len(out)
-                chunk = b"".join(out)
-                if exchange.started:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                else:
-                    await self._start_stream(exchange, send, framing, chunk)
-            if finished:
-                break
-        if translation.upstream_framing is Framing.SSE and not finished:  # other SSE has no [DONE]
-            raise BadGateway(f"backend {exchange.backend} ended the stream early", backend=exchange.backend)
-        tail = b"".join(encode(p) for p in stream.finish())
-        if framing is Framing.SSE:
-            tail += SSE_DONE
-        exchange.usage = stream.usage
-        if not exchange.started:
+            tail = machine.end()
+        finally:
+            exchange.stream_events = machine.events
+        exchange.usage = machine.usage
+        if exchange.started:
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        else:
             await self._start_stream(exchange, send, framing, tail)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        else:
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _end_stream_with_error(self, exchange: Exchange, send: Send, message: str, code: str) -> None:
         exchange.error = message
-        event = encode(exchange.api.framing, stream_error_payload(exchange.api.dialect, message, code))
+        dialect = exchange.api.dialect
+        event = dialect.encode(dialect.stream_error(message, code))
         try:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except OSError:  # pragma: no cover - the client is gone too
-            pass
-
-
-def _decode(decoder: SSEDecoder | NDJSONDecoder, data: bytes, sse: bool) -> list[Any]:
-    """Parsed upstream events in ``data``; None stands for SSE's [DONE]. Raises BadGateway on bad JSON."""
-    events: list[Any] = []
-    try:
-        if isinstance(decoder, SSEDecoder):
-            for event in decoder.feed(data):
-                if event.data == DONE:
-                    events.append(None)
-                    break
-                if event.data:
-                    events.append(json.loads(event.data))
-        else:
-            events.extend(json.loads(line) for line in decoder.feed(data))
-    except ValueError:
-        raise BadGateway("backend sent a stream event that is not JSON") from None
-    return events
-
-
-def _check_first_events(complete: bytes, framing: Framing, backend: str | None) -> None:
-    """Raise BadGateway unless the events that would start a relayed stream are JSON. Checked once, before
-    the client has seen a byte, so a backend answering garbage gets a 502 (or the next candidate) rather
-    than the client a stream it cannot parse; later events are relayed unparsed."""
-    sse = framing.is_sse
-    try:
-        _decode(SSEDecoder() if sse else NDJSONDecoder(), complete, sse)
-    except BadGateway:
-        raise BadGateway(f"backend {backend} sent a stream event that is not JSON", backend=backend) from None
-
-
-def _scan_usage(complete: bytes, framing: Framing, usage: StreamTranslator) -> None:
-    """Feed the events of ``complete`` that mention token counts to the usage extractor."""
-    if framing.is_sse:
-        for block in complete.split(b"\n\n"):
-            if b'"usage"' in block:
-                for line in block.splitlines():
-                    if line.startswith(b"data:") and b'"usage"' in line:
-                        _feed_json(usage, line[5:])
-    else:
-        for line in complete.splitlines():
-            if b'"done"' in line:
-                _feed_json(usage, line)
-
-
-def _feed_json(usage: StreamTranslator, raw: bytes) -> None:
-    try:
-        payload = json.loads(raw)
-    except ValueError:
-        return
-    if isinstance(payload, dict):
-        try:
-            usage.event(payload)
-        except RequestError:
             pass
 
 

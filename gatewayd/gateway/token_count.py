@@ -14,11 +14,12 @@ from typing import Any
 
 from gatewayd.config import Backend, BackendKind
 from gatewayd.errors import BackendError, BadGateway
-from gatewayd.gateway.backends.probes import api_url, auth_headers
+from gatewayd.gateway.backends.kinds import auth_headers
+from gatewayd.gateway.backends.probes import api_url
 from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.dialects.anthropic import decode_messages_body, estimate_tokens
-from gatewayd.gateway.dialects.bridge import OpenAIChatBackend
+from gatewayd.gateway.dialects.openai_chat import ChatBackend
 
 log = logging.getLogger("gatewayd.relay")
 
@@ -37,7 +38,7 @@ async def count_tokens(
             answer = await _post(transport, backend, "/v1/messages/count_tokens", {**body, "model": model})
             return _count(answer.get("input_tokens")), BACKEND
         if backend.kind is BackendKind.LLAMA_SERVER:
-            messages = OpenAIChatBackend().encode_request(request, model=model)["messages"]
+            messages = ChatBackend().encode_request(request, model=model)["messages"]
             prompt = (await _post(transport, backend, "/apply-template", {"messages": messages})).get(
                 "prompt"
             )

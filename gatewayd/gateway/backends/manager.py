@@ -33,11 +33,12 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from gatewayd.config import Backend, BackendKind, Config, ManagedSettings, Timeouts
+from gatewayd.config import Backend, Config, ManagedSettings, Timeouts
 from gatewayd.config.loader import MODEL_PATH_PLACEHOLDER, PORT_PLACEHOLDER
 from gatewayd.errors import BackendError, BackendUnavailable
 from gatewayd.gateway.backends import records
 from gatewayd.gateway.backends.groups import GroupDriver, build_groups
+from gatewayd.gateway.backends.kinds import KINDS
 from gatewayd.gateway.backends.process import LaunchSpec, ManagedProcess, ProcessState, pick_free_port
 from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.metrics import Metrics
@@ -53,15 +54,6 @@ READY_REQUEST_TIMEOUT_SECONDS = 2.0
 #: how much of a failed wake command's output an error quotes
 WAKE_OUTPUT_CHARS = 300
 LOOPBACK = "127.0.0.1"
-
-#: GET path that answers 200 once a server of this kind can serve (when ready_path is not set)
-DEFAULT_READY_PATHS: Mapping[BackendKind, str] = {
-    BackendKind.LLAMA_SERVER: "/health",
-    BackendKind.VLLM: "/health",
-    BackendKind.OLLAMA: "/api/version",
-    BackendKind.OPENAI: "/v1/models",
-    BackendKind.ANTHROPIC: "/v1/models",
-}
 
 
 class UnitState(enum.Enum):
@@ -315,7 +307,7 @@ class ManagedBackend:
         )
 
     async def _ready(self) -> bool:
-        path = self.backend.ready_path or DEFAULT_READY_PATHS[self.backend.kind]
+        path = self.backend.ready_path or KINDS[self.backend.kind].ready_path
         base = self.backend.url.rstrip("/").removesuffix("/v1")
         bound = READY_REQUEST_TIMEOUT_SECONDS
         timeouts = Timeouts(connect_seconds=bound, first_byte_seconds=bound, idle_seconds=bound)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from gatewayd.gateway.core.dialects import Usage
+from gatewayd.gateway.core.usage import Usage
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

@@ -30,6 +30,15 @@ class StreamEncoder(abc.ABC):
     def event(self, event: ChatEvent) -> list[Payload]:
         """One internal event -> zero or more client payloads, in order."""
 
+    def events(self, events: list[ChatEvent]) -> list[Payload]:
+        """The events decoded from one upstream payload -> client payloads, in order. By default each
+        event is encoded on its own; a dialect that carries several deltas in one event (an OpenAI chunk
+        holds text, reasoning and tool-call pieces together) overrides this to keep them together."""
+        out: list[Payload] = []
+        for event in events:
+            out.extend(self.event(event))
+        return out
+
     def finish(self) -> list[Payload]:
         """The stream ended after ``Finish``: any trailing payloads (the framing adds its own end marker,
         such as SSE's ``[DONE]``)."""

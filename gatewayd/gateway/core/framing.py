@@ -7,11 +7,11 @@ a UTF-8 character is harmless (line terminators are ASCII and never occur inside
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gatewayd.gateway.core.dialects import Framing
 from gatewayd.gateway.core.jsontext import dumps
 
 #: the data of the SSE event that ends an OpenAI stream
@@ -20,6 +20,17 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 _CR = 0x0D
 _LF = 0x0A
+
+
+class Framing(enum.StrEnum):
+    """How a dialect frames a streamed answer (its end rule is the dialect profile's)."""
+
+    SSE = "sse"  # text/event-stream: "data: <json>\n\n" events, with or without "event:" names
+    NDJSON = "ndjson"  # application/x-ndjson: one JSON object per line
+
+    @property
+    def content_type(self) -> str:
+        return "text/event-stream" if self is Framing.SSE else "application/x-ndjson"
 
 
 def split_complete(buffer: bytes | bytearray, framing: Framing) -> tuple[bytes, bytes]:
@@ -175,18 +186,6 @@ def encode_sse_comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
 
 
-def encode_sse_event(payload: Mapping[str, Any]) -> bytes:
-    """``event: <payload's type>\ndata: <compact json>\n\n`` (a payload without a type is an error)."""
-    return f"event: {payload.get('type', 'error')}\ndata: {dumps(payload)}\n\n".encode()
-
-
-def encoder(framing: Framing) -> Callable[[Mapping[str, Any]], bytes]:
-    """The function that frames one payload for ``framing``."""
-    if framing is Framing.SSE:
-        return encode_sse
-    return encode_ndjson if framing is Framing.NDJSON else encode_sse_event
-
-
 def encode(framing: Framing, payload: Mapping[str, Any]) -> bytes:
     """``payload`` framed for ``framing``."""
-    return encoder(framing)(payload)
+    return encode_sse(payload) if framing is Framing.SSE else encode_ndjson(payload)

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gatewayd.errors import BadGateway, BadRequest
+from gatewayd.errors import BadGateway, BadRequest, Overloaded, RequestError, UpstreamStatus
 from gatewayd.gateway.core.chat import (
     ChatEvent,
     ChatRequest,
@@ -54,10 +54,11 @@ from gatewayd.gateway.core.chat import (
     ToolMode,
     ToolResult,
 )
-from gatewayd.gateway.core.codec import BackendCodec, ClientCodec, Payload, StreamDecoder, StreamEncoder
-from gatewayd.gateway.core.dialects import Usage
+from gatewayd.gateway.core.codec import BackendCodec, ClientCodec, StreamDecoder, StreamEncoder
+from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.jsontext import dumps
-from gatewayd.gateway.core.translate_base import anthropic_usage
+from gatewayd.gateway.core.profile import DialectProfile, Payload, bearer, parsed_error_body, upstream_message
+from gatewayd.gateway.core.usage import Usage
 
 #: ``max_tokens`` sent to an Anthropic backend (which requires one) when the client gave none
 DEFAULT_MAX_TOKENS = 4096
@@ -94,6 +95,127 @@ _TOOL_MODES: Mapping[str, ToolMode] = {
 
 def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
+
+
+# --- the profile ------------------------------------------------------------------------------------------
+
+#: HTTP status -> Anthropic's error ``type``
+_ERROR_TYPES: Mapping[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+#: what an overloaded gateway answers an Anthropic client (its "overloaded": the anthropic client retries)
+OVERLOADED_STATUS = 529
+#: the Messages API version gatewayd speaks to a backend of ``kind: anthropic``
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+def error_object(message: str, status: int) -> Payload:
+    """``{"type": "error", "error": {"type", "message"}}`` for an HTTP ``status``."""
+    kind = _ERROR_TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+class AnthropicProfile(DialectProfile):
+    """SSE with named events (``event: <type>``), no end marker: a stream ends with ``message_stop``."""
+
+    name = "anthropic"
+    framing = Framing.SSE
+    event_mark = b"data:"
+    usage_mark = b'"usage"'
+
+    def wants_stream(self, body: Mapping[str, Any]) -> bool:
+        return body.get("stream") is True
+
+    def usage(self, payload: Payload) -> Usage:
+        return anthropic_usage(payload.get("usage"))
+
+    def stream_usage(self, usage: Usage, payload: Payload) -> Usage:
+        """message_start carries the input tokens, message_delta the output tokens."""
+        kind = payload.get("type")
+        if kind == "message_start" and isinstance(payload.get("message"), dict):
+            return anthropic_usage(
+                payload["message"].get("usage"), Usage(usage.prompt_tokens, usage.completion_tokens)
+            )
+        if kind == "message_delta":
+            return anthropic_usage(payload.get("usage"), Usage(usage.prompt_tokens, usage.completion_tokens))
+        return usage
+
+    def error_status(self, error: RequestError) -> int:
+        return OVERLOADED_STATUS if isinstance(error, Overloaded) else error.status
+
+    def error_body(self, error: RequestError) -> bytes:
+        if isinstance(error, UpstreamStatus):
+            parsed = parsed_error_body(error)
+            if is_error_shape(parsed):
+                return error.body
+            return dumps(error_object(upstream_message(parsed, error), error.status)).encode()
+        return dumps(error_object(error.message, self.error_status(error))).encode()
+
+    def stream_error(self, message: str, code: str) -> Payload:
+        """An ``event: error``: the anthropic client raises APIStatusError on it."""
+        return error_object(message, 500)
+
+    def encode(self, payload: Mapping[str, Any]) -> bytes:
+        return f"event: {payload.get('type', 'error')}\ndata: {dumps(payload)}\n\n".encode()
+
+    def api_key(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """``x-api-key`` (the anthropic client's ``api_key``), else ``Authorization: Bearer`` (its
+        ``auth_token``, Claude Code's ANTHROPIC_AUTH_TOKEN)."""
+        for name, value in headers:
+            if name == b"x-api-key":
+                return value.decode("latin-1").strip() or None
+        return bearer(headers)
+
+
+ANTHROPIC = AnthropicProfile()
+
+
+def is_error_shape(parsed: object) -> bool:
+    """Whether an upstream error body already has Anthropic's shape (then it is passed on as it is)."""
+    return (
+        isinstance(parsed, dict)
+        and parsed.get("type") == "error"
+        and isinstance(parsed.get("error"), dict)
+        and isinstance(parsed["error"].get("message"), str)
+    )
+
+
+def keepalive(model: str, backend: str) -> bytes:
+    """A ``ping`` event: what Anthropic itself sends while a client waits."""
+    return ANTHROPIC.encode({"type": "ping"})
+
+
+def model_ids(payload: Any) -> tuple[str, ...] | None:
+    """The models of an Anthropic model list (``{"data": [{"id": ...}]}``); None for another shape."""
+    try:
+        return tuple(str(m["id"]) for m in payload["data"])
+    except (KeyError, TypeError):
+        return None
+
+
+def anthropic_usage(usage: object, into: Usage | None = None) -> Usage:
+    """Token counts from an Anthropic ``usage`` object (input tokens include the cached ones), updating
+    ``into`` where given (a stream reports them in two events)."""
+    out = into if into is not None else Usage()
+    if not isinstance(usage, dict):
+        return out
+    inputs = [
+        usage.get(name) for name in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    ]
+    if type(inputs[0]) is int:
+        out.prompt_tokens = sum(value for value in inputs if type(value) is int)
+    output = usage.get("output_tokens")
+    if type(output) is int:
+        out.completion_tokens = output
+    return out
 
 
 # --- the client side -------------------------------------------------------------------------------------

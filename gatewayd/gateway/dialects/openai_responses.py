@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gatewayd.errors import BadRequest
+from gatewayd.errors import BadRequest, RequestError
 from gatewayd.gateway.core.chat import (
     ChatEvent,
     ChatRequest,
@@ -49,8 +49,12 @@ from gatewayd.gateway.core.chat import (
     ToolMode,
     ToolResult,
 )
-from gatewayd.gateway.core.codec import ClientCodec, Payload, StreamEncoder
-from gatewayd.gateway.core.dialects import Usage
+from gatewayd.gateway.core.codec import ClientCodec, StreamEncoder
+from gatewayd.gateway.core.framing import Framing, encode_sse_comment
+from gatewayd.gateway.core.jsontext import dumps
+from gatewayd.gateway.core.profile import DialectProfile, Payload
+from gatewayd.gateway.core.usage import Usage, token_count
+from gatewayd.gateway.dialects.openai_chat import OPENAI
 
 _ROLES: Mapping[str, Role] = {
     "user": Role.USER,
@@ -63,6 +67,48 @@ _TOOL_MODES: Mapping[str, ToolMode] = {
     "none": ToolMode.NONE,
     "required": ToolMode.REQUIRED,
 }
+
+
+class ResponsesProfile(DialectProfile):
+    """OpenAI's error objects and keys; SSE with named events and no end marker (a stream ends with
+    ``response.completed``). No backend kind speaks it: requests are always translated."""
+
+    name = "openai.responses"
+    framing = Framing.SSE
+    event_mark = b"data:"
+    usage_mark = b'"usage"'
+
+    def wants_stream(self, body: Mapping[str, Any]) -> bool:
+        return body.get("stream") is True
+
+    def usage(self, payload: Payload) -> Usage:
+        usage = payload.get("usage")
+        if not isinstance(usage, dict):
+            return Usage()
+        return Usage(token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens")))
+
+    def stream_usage(self, usage: Usage, payload: Payload) -> Usage:
+        response = payload.get("response")
+        return self.usage(response) if isinstance(response, dict) and response.get("usage") else usage
+
+    def error_status(self, error: RequestError) -> int:
+        return OPENAI.error_status(error)
+
+    def error_body(self, error: RequestError) -> bytes:
+        return OPENAI.error_body(error)
+
+    def stream_error(self, message: str, code: str) -> Payload:
+        return error_event(message, code)
+
+    def encode(self, payload: Mapping[str, Any]) -> bytes:
+        return f"event: {payload.get('type', 'error')}\ndata: {dumps(payload)}\n\n".encode()
+
+
+RESPONSES = ResponsesProfile()
+
+
+def keepalive(model: str, backend: str) -> bytes:
+    return encode_sse_comment(f"gatewayd: starting backend {backend}")
 
 
 def new_response_id() -> str:

@@ -5,10 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai._streaming import SSEDecoder as OpenAISSEDecoder
 
-from gatewayd.gateway.core.dialects import Framing
 from gatewayd.gateway.core.framing import (
     DONE,
     SSE_DONE,
+    Framing,
     NDJSONDecoder,
     SSEDecoder,
     SSEEvent,

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewayd.errors import BudgetExceeded, ModelNotAllowed, RateLimited
-from gatewayd.gateway.core.dialects import Dialect, error_body, error_status
 from gatewayd.gateway.core.limits import (
     IN_FLIGHT_RETRY_AFTER_SECONDS,
     WINDOW_SECONDS,
@@ -19,6 +18,10 @@ from gatewayd.gateway.core.limits import (
     estimate_tokens,
     format_duration,
 )
+from gatewayd.gateway.core.profile import DialectProfile
+from gatewayd.gateway.dialects.anthropic import ANTHROPIC
+from gatewayd.gateway.dialects.ollama import OLLAMA
+from gatewayd.gateway.dialects.openai_chat import OPENAI
 
 T0 = 1_750_000_000.0  # a wall-clock time, as the gateway passes
 
@@ -408,21 +411,23 @@ def test_a_refusal_carries_the_headers_and_retry_after_ms() -> None:
     }
 
 
-@pytest.mark.parametrize("dialect", list(Dialect))
-def test_refusals_are_429_and_402_in_both_dialects_and_the_message_stands_alone(dialect: Dialect) -> None:
+@pytest.mark.parametrize("dialect", [OPENAI, OLLAMA, ANTHROPIC])
+def test_refusals_are_429_and_402_in_both_dialects_and_the_message_stands_alone(
+    dialect: DialectProfile,
+) -> None:
     limiter = Limiter()
     policy = KeyPolicy("k1", rpm=1, name="ci")
     limiter.admit(policy, "m", T0)
     error = refused(limiter, policy, T0 + 48)
-    assert error_status(dialect, error) == 429
-    body = json.loads(error_body(dialect, error))
-    if dialect is Dialect.OLLAMA:
+    assert dialect.error_status(error) == 429
+    body = json.loads(dialect.error_body(error))
+    if dialect is OLLAMA:
         assert body == {"error": "key 'ci' is over its limit of 1 requests per minute; retry in 12 s"}
-    elif dialect is Dialect.ANTHROPIC:
+    elif dialect is ANTHROPIC:
         assert body["error"]["type"] == "rate_limit_error"
     else:
         assert body["error"]["code"] == "rate_limit_exceeded"
-    assert error_status(dialect, BudgetExceeded("spent")) == 402
+    assert dialect.error_status(BudgetExceeded("spent")) == 402
 
 
 # --- forgetting and clocks -------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from gatewayd.gateway.core.chat import (
     ToolMode,
     ToolResult,
 )
-from gatewayd.gateway.core.dialects import Usage
+from gatewayd.gateway.core.usage import Usage
 from gatewayd.gateway.dialects.anthropic import (
     AnthropicBackend,
     AnthropicClient,

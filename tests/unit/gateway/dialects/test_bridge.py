@@ -1,15 +1,17 @@
-"""The codec translators: a client codec composed with a backend's. Tool-call ids stay the same from the
-backend's stream to the client's events and back into the follow-up turn, also when the backend gives none
-(Ollama)."""
+"""/v1/messages and /v1/responses through the registry: a client codec composed with a backend's.
+Tool-call ids stay the same from the backend's stream to the client's events and back into the follow-up
+turn, also when the backend gives none (Ollama)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from gatewayd.gateway.core.dialects import Api, Dialect, Framing
-from gatewayd.gateway.core.translate import Passthrough
-from gatewayd.gateway.dialects.bridge import CodecTranslator, translator_for
+from gatewayd.gateway.core.translation import CodecTranslator, Passthrough
+from gatewayd.gateway.dialects.anthropic import ANTHROPIC
+from gatewayd.gateway.dialects.ollama import OLLAMA
+from gatewayd.gateway.dialects.openai_chat import OPENAI
+from gatewayd.gateway.dialects.registry import Api, translator
 
 TOOLS = [{"name": "Write", "input_schema": {"type": "object"}}]
 ARGS = {"file_path": "out.txt", "content": "hi"}
@@ -20,22 +22,15 @@ def _messages(*extra: dict[str, Any]) -> dict[str, Any]:
     return {"model": "m", "max_tokens": 50, "tools": TOOLS, "messages": messages, "stream": True}
 
 
-def test_each_backend_dialect_gets_its_own_path_and_framing() -> None:
-    expected = {
-        Dialect.OPENAI: ("/v1/chat/completions", Framing.SSE),
-        Dialect.OLLAMA: ("/api/chat", Framing.NDJSON),
-        Dialect.ANTHROPIC: ("/v1/messages", Framing.SSE_EVENTS),
-    }
+def test_each_backend_dialect_gets_its_own_path() -> None:
+    expected = {OPENAI: "/v1/chat/completions", OLLAMA: "/api/chat", ANTHROPIC: "/v1/messages"}
     for api in (Api.ANTHROPIC_MESSAGES, Api.OPENAI_RESPONSES):
-        for dialect, (path, framing) in expected.items():
-            translation = translator_for(api, dialect, client_model="m")
-            assert (translation.upstream_path, translation.upstream_framing) == (path, framing)
-    assert isinstance(
-        translator_for(Api.ANTHROPIC_MESSAGES, Dialect.ANTHROPIC, client_model="m"), Passthrough
-    )
-    assert isinstance(
-        translator_for(Api.OPENAI_RESPONSES, Dialect.ANTHROPIC, client_model="m"), CodecTranslator
-    )
+        for dialect, path in expected.items():
+            translation = translator(api, dialect, client_model="m")
+            assert translation.upstream_path == path
+            assert translation.upstream is dialect
+    assert isinstance(translator(Api.ANTHROPIC_MESSAGES, ANTHROPIC, client_model="m"), Passthrough)
+    assert isinstance(translator(Api.OPENAI_RESPONSES, ANTHROPIC, client_model="m"), CodecTranslator)
 
 
 def _events(translation: CodecTranslator, upstream: list[Any]) -> list[dict[str, Any]]:
@@ -44,7 +39,7 @@ def _events(translation: CodecTranslator, upstream: list[Any]) -> list[dict[str,
 
 
 def test_an_ollama_tool_call_gets_one_id_from_the_stream_to_the_follow_up() -> None:
-    translation = translator_for(Api.ANTHROPIC_MESSAGES, Dialect.OLLAMA, client_model="m")
+    translation = translator(Api.ANTHROPIC_MESSAGES, OLLAMA, client_model="m")
     assert isinstance(translation, CodecTranslator)
     body = translation.request(_messages(), model="llama", stream=True)
     assert body["tools"][0]["function"]["name"] == "Write"
@@ -75,13 +70,13 @@ def test_an_ollama_tool_call_gets_one_id_from_the_stream_to_the_follow_up() -> N
         },
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id, "content": "written"}]},
     )
-    second = translator_for(Api.ANTHROPIC_MESSAGES, Dialect.OLLAMA, client_model="m")
+    second = translator(Api.ANTHROPIC_MESSAGES, OLLAMA, client_model="m")
     upstream_body = second.request(follow_up, model="llama", stream=True)
     assert upstream_body["messages"][-1] == {"role": "tool", "content": "written", "tool_name": "Write"}
 
 
 def test_openai_chat_arguments_in_pieces_and_an_id_made_up_once() -> None:
-    translation = translator_for(Api.OPENAI_RESPONSES, Dialect.OPENAI, client_model="m")
+    translation = translator(Api.OPENAI_RESPONSES, OPENAI, client_model="m")
     assert isinstance(translation, CodecTranslator)
     translation.request({"model": "m", "input": "go", "stream": True}, model="gpt", stream=True)
     text = json.dumps(ARGS)
@@ -126,6 +121,7 @@ def test_openai_chat_arguments_in_pieces_and_an_id_made_up_once() -> None:
     call_id = added["item"]["call_id"]
     assert call_id.startswith("call_")
     final = out[-1]["response"]["output"][0]
-    assert final["call_id"] == call_id and json.loads(final["arguments"]) == ARGS
+    assert final["call_id"] == call_id
+    assert json.loads(final["arguments"]) == ARGS
     assert out[-1]["response"]["usage"]["input_tokens"] == 4
     assert translation.stream().usage.prompt_tokens is None  # a fresh stream starts empty

@@ -28,7 +28,7 @@ from gatewayd.gateway.core.chat import (
     ToolMode,
     ToolResult,
 )
-from gatewayd.gateway.core.dialects import Usage
+from gatewayd.gateway.core.usage import Usage
 from gatewayd.gateway.dialects.openai_responses import ResponsesClient
 
 CODEX_BODY: dict[str, Any] = {
@@ -105,7 +105,8 @@ def test_a_codex_request_decodes_whole() -> None:
     assert client.dropped_tools == ["namespace", "web_search"]
     assert request.parallel_tool_calls is True
     assert request.reasoning.effort == "medium"
-    assert request.output.kind is OutputKind.JSON_SCHEMA and request.output.name == "out"
+    assert request.output.kind is OutputKind.JSON_SCHEMA
+    assert request.output.name == "out"
     assert request.sampling.max_tokens == 100
     assert client.store is False
 
@@ -149,7 +150,8 @@ def test_a_whole_answer_is_a_response_object() -> None:
         usage=Usage(3, 4),
     )
     body = client.encode_response(response)
-    assert body["object"] == "response" and body["id"].startswith("resp_")
+    assert body["object"] == "response"
+    assert body["id"].startswith("resp_")
     assert body["status"] == "completed"
     assert [item["type"] for item in body["output"]] == ["reasoning", "message", "function_call"]
     assert body["output"][1]["content"][0] == {
@@ -223,7 +225,8 @@ def test_the_stream_events_accumulate_to_the_completed_response() -> None:
     assert json.loads(items[2]["args"]) == {"cmd": "printf hi > out.txt"}
     final = out[-1]["response"]["output"]
     assert [item["id"] for item in final] == [items[i]["id"] for i in sorted(items)]
-    assert final[2]["call_id"] == "call_7" and final[2]["arguments"] == arguments
+    assert final[2]["call_id"] == "call_7"
+    assert final[2]["arguments"] == arguments
     assert final[0]["summary"] == [{"type": "summary_text", "text": "plan"}]
     assert out[-1]["response"]["usage"]["output_tokens"] == 6
     assert client.last_response is out[-1]["response"]

@@ -9,10 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatewayd.errors import BadGateway, BadRequest
-from gatewayd.gateway.core.dialects import Api, Dialect, Usage
 from gatewayd.gateway.core.framing import SSE_DONE, encode_sse
-from gatewayd.gateway.core.translate import translator
-from tests.unit.gateway.core.harness import BACKEND_MODEL, Exchange, gateway, ollama_client, pump
+from gatewayd.gateway.core.usage import Usage
+from gatewayd.gateway.dialects.openai_chat import OPENAI
+from gatewayd.gateway.dialects.registry import Api, translator
+from tests.unit.gateway.dialects.harness import BACKEND_MODEL, Exchange, gateway, ollama_client, pump
 
 CREATED = 1741569952  # 2025-03-10T01:25:52Z
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR").decode()
@@ -114,7 +115,7 @@ TOOL_STREAM = sse(
 
 def test_chat_request_and_whole_answer() -> None:
     exchanges: list[Exchange] = []
-    client = ollama_client(gateway(Api.OLLAMA_CHAT, Dialect.OPENAI, completion(), exchanges))
+    client = ollama_client(gateway(Api.OLLAMA_CHAT, OPENAI, completion(), exchanges))
     answer = client.chat(
         model="public",
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
@@ -160,7 +161,7 @@ def test_chat_request_and_whole_answer() -> None:
 
 def test_chat_format_schema_becomes_a_json_schema_response_format() -> None:
     schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
-    translation = translator(Api.OLLAMA_CHAT, Dialect.OPENAI, client_model="public")
+    translation = translator(Api.OLLAMA_CHAT, OPENAI, client_model="public")
     upstream = translation.request(
         {"model": "public", "messages": [], "format": schema}, model="b", stream=False
     )
@@ -173,7 +174,7 @@ def test_chat_format_schema_becomes_a_json_schema_response_format() -> None:
 
 
 def test_a_streamed_request_asks_for_usage_and_unlimited_num_predict_sets_no_max_tokens() -> None:
-    translation = translator(Api.OLLAMA_CHAT, Dialect.OPENAI, client_model="public")
+    translation = translator(Api.OLLAMA_CHAT, OPENAI, client_model="public")
     body = {"model": "public", "messages": [], "options": {"num_predict": -1, "stop": "END"}}
     upstream = translation.request(body, model="b", stream=True)
     assert upstream == {
@@ -188,9 +189,7 @@ def test_a_streamed_request_asks_for_usage_and_unlimited_num_predict_sets_no_max
 @pytest.mark.parametrize("chunk_size", [1, 7, 1 << 16])
 def test_chat_stream(chunk_size: int) -> None:
     exchanges: list[Exchange] = []
-    client = ollama_client(
-        gateway(Api.OLLAMA_CHAT, Dialect.OPENAI, CHAT_STREAM, exchanges, chunk_size=chunk_size)
-    )
+    client = ollama_client(gateway(Api.OLLAMA_CHAT, OPENAI, CHAT_STREAM, exchanges, chunk_size=chunk_size))
     parts = list(client.chat(model="public", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert [part.message.content for part in parts] == ["Hel", "lo ", "👋", ""]
     assert all(part.model == "public" for part in parts)
@@ -204,7 +203,7 @@ def test_chat_stream(chunk_size: int) -> None:
 
 def test_chat_stream_cut_by_length_and_without_usage() -> None:
     upstream = sse(chunk({"role": "assistant", "content": "a"}), chunk({"content": "b"}, "length"))
-    client_bytes, usage = pump(translator(Api.OLLAMA_CHAT, Dialect.OPENAI, client_model="public"), upstream)
+    client_bytes, usage = pump(translator(Api.OLLAMA_CHAT, OPENAI, client_model="public"), upstream)
     lines = [json.loads(line) for line in client_bytes.splitlines()]
     assert [line["message"]["content"] for line in lines] == ["a", "b", ""]
     assert lines[-1]["done_reason"] == "length"
@@ -214,7 +213,7 @@ def test_chat_stream_cut_by_length_and_without_usage() -> None:
 
 
 def test_chat_stream_tool_call_fragments_reach_the_client_whole() -> None:
-    client = ollama_client(gateway(Api.OLLAMA_CHAT, Dialect.OPENAI, TOOL_STREAM, []))
+    client = ollama_client(gateway(Api.OLLAMA_CHAT, OPENAI, TOOL_STREAM, []))
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     parts = list(
         client.chat(
@@ -243,7 +242,7 @@ def test_chat_whole_answer_with_tool_calls_and_reasoning() -> None:
             }
         ],
     )
-    client = ollama_client(gateway(Api.OLLAMA_CHAT, Dialect.OPENAI, answer, []))
+    client = ollama_client(gateway(Api.OLLAMA_CHAT, OPENAI, answer, []))
     result = client.chat(model="public", messages=[{"role": "user", "content": "weather?"}], stream=False)
     assert result.message.content == ""
     assert result.message.thinking == "The user wants weather."
@@ -254,7 +253,7 @@ def test_chat_whole_answer_with_tool_calls_and_reasoning() -> None:
 
 def test_stream_reasoning_becomes_thinking() -> None:
     upstream = sse(chunk({"role": "assistant", "reasoning_content": "hmm"}), chunk({"content": "ok"}, "stop"))
-    client_bytes, _ = pump(translator(Api.OLLAMA_CHAT, Dialect.OPENAI, client_model="m"), upstream)
+    client_bytes, _ = pump(translator(Api.OLLAMA_CHAT, OPENAI, client_model="m"), upstream)
     messages = [json.loads(line)["message"] for line in client_bytes.splitlines()]
     assert messages[0] == {"role": "assistant", "content": "", "thinking": "hmm"}
     assert messages[1] == {"role": "assistant", "content": "ok"}
@@ -262,7 +261,7 @@ def test_stream_reasoning_becomes_thinking() -> None:
 
 def test_chat_history_with_images_tool_calls_and_tool_results() -> None:
     exchanges: list[Exchange] = []
-    client = ollama_client(gateway(Api.OLLAMA_CHAT, Dialect.OPENAI, completion(), exchanges))
+    client = ollama_client(gateway(Api.OLLAMA_CHAT, OPENAI, completion(), exchanges))
     client.chat(
         model="public",
         messages=[
@@ -301,7 +300,7 @@ def test_chat_history_with_images_tool_calls_and_tool_results() -> None:
 
 
 def test_tool_results_answer_the_call_of_their_name_else_the_oldest() -> None:
-    translation = translator(Api.OLLAMA_CHAT, Dialect.OPENAI, client_model="m")
+    translation = translator(Api.OLLAMA_CHAT, OPENAI, client_model="m")
     calls = [
         {"function": {"name": "a", "arguments": {}}},
         {"id": "given", "function": {"name": "b", "arguments": {}}},
@@ -325,7 +324,7 @@ def test_tool_results_answer_the_call_of_their_name_else_the_oldest() -> None:
 
 def test_generate_becomes_a_chat_completion_with_system_and_user_messages() -> None:
     exchanges: list[Exchange] = []
-    client = ollama_client(gateway(Api.OLLAMA_GENERATE, Dialect.OPENAI, completion("Rayleigh."), exchanges))
+    client = ollama_client(gateway(Api.OLLAMA_GENERATE, OPENAI, completion("Rayleigh."), exchanges))
     answer = client.generate(
         model="public", prompt="Why is the sky blue?", system="Be brief.", images=[PNG], stream=False
     )
@@ -366,7 +365,7 @@ def test_raw_generate_becomes_a_completion_and_streams() -> None:
         {**USAGE_CHUNK, "object": "text_completion"},
     )
     exchanges: list[Exchange] = []
-    client = ollama_client(gateway(Api.OLLAMA_GENERATE, Dialect.OPENAI, upstream, exchanges))
+    client = ollama_client(gateway(Api.OLLAMA_GENERATE, OPENAI, upstream, exchanges))
     parts = list(client.generate(model="public", prompt="[INST] story [/INST]", raw=True, stream=True))
     [exchange] = exchanges
     assert exchange.upstream_path == "/v1/completions"
@@ -384,7 +383,7 @@ def test_raw_generate_becomes_a_completion_and_streams() -> None:
 
 def test_raw_generate_whole_answer() -> None:
     answer = {**text_chunk("Once upon a time", "stop"), "usage": {"prompt_tokens": 5, "completion_tokens": 4}}
-    client = ollama_client(gateway(Api.OLLAMA_GENERATE, Dialect.OPENAI, answer, []))
+    client = ollama_client(gateway(Api.OLLAMA_GENERATE, OPENAI, answer, []))
     result = client.generate(model="public", prompt="x", raw=True, stream=False)
     assert (result.response, result.done_reason, result.eval_count) == ("Once upon a time", "stop", 4)
 
@@ -402,7 +401,7 @@ EMBEDDINGS = {
 
 def test_embed() -> None:
     exchanges: list[Exchange] = []
-    client = ollama_client(gateway(Api.OLLAMA_EMBED, Dialect.OPENAI, EMBEDDINGS, exchanges))
+    client = ollama_client(gateway(Api.OLLAMA_EMBED, OPENAI, EMBEDDINGS, exchanges))
     answer = client.embed(model="public", input=["first", "second"], truncate=True, dimensions=2)
     assert exchanges[0].upstream_path == "/v1/embeddings"
     assert exchanges[0].upstream_body == {
@@ -419,7 +418,7 @@ def test_embed() -> None:
 def test_legacy_embeddings() -> None:
     exchanges: list[Exchange] = []
     single = {**EMBEDDINGS, "data": EMBEDDINGS["data"][:1]}
-    client = ollama_client(gateway(Api.OLLAMA_EMBEDDINGS, Dialect.OPENAI, single, exchanges))
+    client = ollama_client(gateway(Api.OLLAMA_EMBEDDINGS, OPENAI, single, exchanges))
     answer = client.embeddings(model="public", prompt="hello")
     assert exchanges[0].upstream_body == {"model": BACKEND_MODEL, "input": "hello"}
     assert answer.embedding == [0.5, -1.25]
@@ -442,9 +441,7 @@ def test_legacy_embeddings() -> None:
 )
 def test_untranslatable_requests_are_bad_requests(api: Api, body: dict[str, Any], param: str) -> None:
     with pytest.raises(BadRequest) as raised:
-        translator(api, Dialect.OPENAI, client_model="m").request(
-            {"model": "m", **body}, model="b", stream=False
-        )
+        translator(api, OPENAI, client_model="m").request({"model": "m", **body}, model="b", stream=False)
     assert raised.value.param == param
 
 
@@ -466,7 +463,7 @@ def test_untranslatable_requests_are_bad_requests(api: Api, body: dict[str, Any]
 )
 def test_malformed_whole_answers_are_bad_gateways(api: Api, upstream: object) -> None:
     with pytest.raises(BadGateway, match="backend returned an unexpected"):
-        translator(api, Dialect.OPENAI, client_model="m").response(upstream)
+        translator(api, OPENAI, client_model="m").response(upstream)
 
 
 @pytest.mark.parametrize(
@@ -491,7 +488,7 @@ def test_malformed_whole_answers_are_bad_gateways(api: Api, upstream: object) ->
     ],
 )
 def test_malformed_streams_are_bad_gateways(events: list[object], match: str) -> None:
-    stream = translator(Api.OLLAMA_CHAT, Dialect.OPENAI, client_model="m").stream()
+    stream = translator(Api.OLLAMA_CHAT, OPENAI, client_model="m").stream()
     with pytest.raises(BadGateway, match=match):  # noqa: PT012 - the stream fails at some event or at its end
         for event in events:
             stream.event(event)
@@ -502,7 +499,7 @@ def test_malformed_streams_are_bad_gateways(events: list[object], match: str) ->
 def test_any_split_of_the_text_reaches_the_client_in_order(deltas: list[str], chunk_size: int) -> None:
     upstream = sse(*(chunk({"content": delta}) for delta in deltas), chunk({}, "stop"))
     client_bytes, _ = pump(
-        translator(Api.OLLAMA_CHAT, Dialect.OPENAI, client_model="m"), upstream, chunk_size=chunk_size
+        translator(Api.OLLAMA_CHAT, OPENAI, client_model="m"), upstream, chunk_size=chunk_size
     )
     lines = [json.loads(line) for line in client_bytes.splitlines()]
     assert "".join(line["message"]["content"] for line in lines) == "".join(deltas)

@@ -11,10 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatewayd.errors import BadGateway, BadRequest
-from gatewayd.gateway.core.dialects import Api, Dialect, Usage
 from gatewayd.gateway.core.framing import SSEDecoder, encode_ndjson
-from gatewayd.gateway.core.translate import translator
-from tests.unit.gateway.core.harness import BACKEND_MODEL, Exchange, gateway, openai_client, pump
+from gatewayd.gateway.core.usage import Usage
+from gatewayd.gateway.dialects.ollama import OLLAMA
+from gatewayd.gateway.dialects.registry import Api, translator
+from tests.unit.gateway.dialects.harness import BACKEND_MODEL, Exchange, gateway, openai_client, pump
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR").decode()
 STAMP = "2023-12-12T14:13:43.416799Z"
@@ -70,7 +71,7 @@ USER = [{"role": "user", "content": "hi"}]
 def test_chat_request_and_whole_answer() -> None:
     schema = {"type": "object", "properties": {"age": {"type": "integer"}}}
     exchanges: list[Exchange] = []
-    client = openai_client(gateway(Api.OPENAI_CHAT, Dialect.OLLAMA, chat_answer(), exchanges))
+    client = openai_client(gateway(Api.OPENAI_CHAT, OLLAMA, chat_answer(), exchanges))
     before = int(time.time())
     answer = client.chat.completions.create(
         model="public",
@@ -146,7 +147,7 @@ def test_chat_request_and_whole_answer() -> None:
     ],
 )
 def test_chat_options_and_format(fields: dict[str, Any], options: dict[str, Any] | None, fmt: object) -> None:
-    translation = translator(Api.OPENAI_CHAT, Dialect.OLLAMA, client_model="m")
+    translation = translator(Api.OPENAI_CHAT, OLLAMA, client_model="m")
     upstream = translation.request({"model": "m", "messages": USER, **fields}, model="b", stream=False)
     assert upstream.get("options") == options
     assert upstream.get("format") == fmt
@@ -154,7 +155,7 @@ def test_chat_options_and_format(fields: dict[str, Any], options: dict[str, Any]
 
 def test_tools_are_carried_unless_tool_choice_is_none() -> None:
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    translation = translator(Api.OPENAI_CHAT, Dialect.OLLAMA, client_model="m")
+    translation = translator(Api.OPENAI_CHAT, OLLAMA, client_model="m")
     body = {"model": "m", "messages": USER, "tools": tools, "tool_choice": "auto"}
     assert translation.request(body, model="b", stream=False)["tools"] == tools
     body = {"model": "m", "messages": USER, "tools": tools, "tool_choice": "none"}
@@ -162,7 +163,7 @@ def test_tools_are_carried_unless_tool_choice_is_none() -> None:
 
 
 def test_tool_call_history_becomes_ollama_tool_calls_and_named_tool_results() -> None:
-    translation = translator(Api.OPENAI_CHAT, Dialect.OLLAMA, client_model="m")
+    translation = translator(Api.OPENAI_CHAT, OLLAMA, client_model="m")
     messages = [
         {"role": "user", "content": "weather in Paris?"},
         {
@@ -193,7 +194,7 @@ def test_a_tool_call_answer_has_json_string_arguments_and_finish_reason_tool_cal
     answer = chat_answer(
         "", tool_calls=[{"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}]
     )
-    client = openai_client(gateway(Api.OPENAI_CHAT, Dialect.OLLAMA, answer, []))
+    client = openai_client(gateway(Api.OPENAI_CHAT, OLLAMA, answer, []))
     result = client.chat.completions.create(model="public", messages=USER)
     [choice] = result.choices
     assert choice.finish_reason == "tool_calls"
@@ -206,7 +207,7 @@ def test_a_tool_call_answer_has_json_string_arguments_and_finish_reason_tool_cal
 
 
 def test_thinking_becomes_reasoning_content() -> None:
-    client = openai_client(gateway(Api.OPENAI_CHAT, Dialect.OLLAMA, chat_answer("4", thinking="2+2"), []))
+    client = openai_client(gateway(Api.OPENAI_CHAT, OLLAMA, chat_answer("4", thinking="2+2"), []))
     message = client.chat.completions.create(model="public", messages=USER).choices[0].message
     assert message.content == "4"
     assert message.model_extra == {"reasoning_content": "2+2"}
@@ -215,9 +216,7 @@ def test_thinking_becomes_reasoning_content() -> None:
 @pytest.mark.parametrize("chunk_size", [1, 7, 1 << 16])
 def test_chat_stream_with_usage(chunk_size: int) -> None:
     exchanges: list[Exchange] = []
-    client = openai_client(
-        gateway(Api.OPENAI_CHAT, Dialect.OLLAMA, CHAT_STREAM, exchanges, chunk_size=chunk_size)
-    )
+    client = openai_client(gateway(Api.OPENAI_CHAT, OLLAMA, CHAT_STREAM, exchanges, chunk_size=chunk_size))
     chunks = list(
         client.chat.completions.create(
             model="public",
@@ -247,7 +246,7 @@ def test_chat_stream_with_usage(chunk_size: int) -> None:
 
 def test_chat_stream_without_include_usage_has_no_usage_chunk_but_still_counts() -> None:
     exchanges: list[Exchange] = []
-    client = openai_client(gateway(Api.OPENAI_CHAT, Dialect.OLLAMA, CHAT_STREAM, exchanges))
+    client = openai_client(gateway(Api.OPENAI_CHAT, OLLAMA, CHAT_STREAM, exchanges))
     chunks = list(client.chat.completions.create(model="public", messages=USER, stream=True))
     assert all(chunk.choices for chunk in chunks)
     assert all(chunk.usage is None for chunk in chunks)
@@ -262,7 +261,7 @@ def test_chat_stream_tool_calls_thinking_and_text_in_the_done_line() -> None:
         line("", tool_calls=[{"function": {"name": "get_time", "arguments": {}}}]),
         {**done(), "message": {"role": "assistant", "content": "!"}},
     )
-    client = openai_client(gateway(Api.OPENAI_CHAT, Dialect.OLLAMA, upstream, []))
+    client = openai_client(gateway(Api.OPENAI_CHAT, OLLAMA, upstream, []))
     chunks = list(client.chat.completions.create(model="public", messages=USER, stream=True))
     deltas = [chunk.choices[0].delta for chunk in chunks]
     assert deltas[0].role == "assistant"
@@ -289,7 +288,7 @@ def test_completions_whole() -> None:
         "eval_count": 7,
     }
     exchanges: list[Exchange] = []
-    client = openai_client(gateway(Api.OPENAI_COMPLETIONS, Dialect.OLLAMA, answer, exchanges))
+    client = openai_client(gateway(Api.OPENAI_COMPLETIONS, OLLAMA, answer, exchanges))
     result = client.completions.create(
         model="public", prompt=["Say this is a test"], max_tokens=7, echo=False, n=1
     )
@@ -329,7 +328,7 @@ def test_completions_stream_with_usage() -> None:
             "eval_count": 2,
         },
     )
-    client = openai_client(gateway(Api.OPENAI_COMPLETIONS, Dialect.OLLAMA, upstream, []))
+    client = openai_client(gateway(Api.OPENAI_COMPLETIONS, OLLAMA, upstream, []))
     chunks = list(
         client.completions.create(
             model="public", prompt="story", stream=True, stream_options={"include_usage": True}
@@ -354,7 +353,7 @@ def embed_answer(*vectors: list[float]) -> dict[str, Any]:
 def test_embeddings_in_the_openai_clients_default_base64() -> None:
     exchanges: list[Exchange] = []
     client = openai_client(
-        gateway(Api.OPENAI_EMBEDDINGS, Dialect.OLLAMA, embed_answer([0.5, -1.25], [3.0, 0.0]), exchanges)
+        gateway(Api.OPENAI_EMBEDDINGS, OLLAMA, embed_answer([0.5, -1.25], [3.0, 0.0]), exchanges)
     )
     result = client.embeddings.create(model="public", input=["a", "b"], dimensions=2)
     assert exchanges[0].upstream_path == "/api/embed"
@@ -367,11 +366,11 @@ def test_embeddings_in_the_openai_clients_default_base64() -> None:
 
 
 def test_embeddings_base64_is_little_endian_float32_and_float_is_a_list() -> None:
-    translation = translator(Api.OPENAI_EMBEDDINGS, Dialect.OLLAMA, client_model="m")
+    translation = translator(Api.OPENAI_EMBEDDINGS, OLLAMA, client_model="m")
     translation.request({"model": "m", "input": "a", "encoding_format": "base64"}, model="b", stream=False)
     [item] = translation.response(embed_answer([0.5, -1.25]))["data"]
     assert base64.b64decode(item["embedding"]) == struct.pack("<2f", 0.5, -1.25)
-    client = openai_client(gateway(Api.OPENAI_EMBEDDINGS, Dialect.OLLAMA, embed_answer([0.1]), []))
+    client = openai_client(gateway(Api.OPENAI_EMBEDDINGS, OLLAMA, embed_answer([0.1]), []))
     result = client.embeddings.create(model="public", input="a", encoding_format="float")
     assert result.data[0].embedding == [0.1]
 
@@ -420,9 +419,7 @@ def test_embeddings_base64_is_little_endian_float32_and_float_is_a_list() -> Non
 )
 def test_untranslatable_requests_are_bad_requests(api: Api, body: dict[str, Any]) -> None:
     with pytest.raises(BadRequest):
-        translator(api, Dialect.OLLAMA, client_model="m").request(
-            {"model": "m", **body}, model="b", stream=False
-        )
+        translator(api, OLLAMA, client_model="m").request({"model": "m", **body}, model="b", stream=False)
 
 
 @pytest.mark.parametrize(
@@ -438,13 +435,13 @@ def test_untranslatable_requests_are_bad_requests(api: Api, body: dict[str, Any]
     ],
 )
 def test_malformed_whole_answers_are_bad_gateways(api: Api, upstream: object) -> None:
-    translation = translator(api, Dialect.OLLAMA, client_model="m")
+    translation = translator(api, OLLAMA, client_model="m")
     with pytest.raises(BadGateway, match="backend returned an unexpected"):
         translation.response(upstream)
 
 
 def test_a_base64_embedding_of_non_numbers_is_a_bad_gateway() -> None:
-    translation = translator(Api.OPENAI_EMBEDDINGS, Dialect.OLLAMA, client_model="m")
+    translation = translator(Api.OPENAI_EMBEDDINGS, OLLAMA, client_model="m")
     translation.request({"model": "m", "input": "a", "encoding_format": "base64"}, model="b", stream=False)
     with pytest.raises(BadGateway, match="unexpected embedding"):
         translation.response({"embeddings": [["x"]]})
@@ -463,7 +460,7 @@ def test_a_base64_embedding_of_non_numbers_is_a_bad_gateway() -> None:
     ],
 )
 def test_malformed_streams_are_bad_gateways(events: list[object], match: str) -> None:
-    stream = translator(Api.OPENAI_CHAT, Dialect.OLLAMA, client_model="m").stream()
+    stream = translator(Api.OPENAI_CHAT, OLLAMA, client_model="m").stream()
     with pytest.raises(BadGateway, match=match):  # noqa: PT012 - the stream fails at some event or at its end
         for event in events:
             stream.event(event)
@@ -474,7 +471,7 @@ def test_malformed_streams_are_bad_gateways(events: list[object], match: str) ->
 def test_any_split_of_the_text_reaches_the_client_in_order(pieces: list[str], chunk_size: int) -> None:
     upstream = ndjson(*(line(piece) for piece in pieces), done())
     client_bytes, usage = pump(
-        translator(Api.OPENAI_CHAT, Dialect.OLLAMA, client_model="m"), upstream, chunk_size=chunk_size
+        translator(Api.OPENAI_CHAT, OLLAMA, client_model="m"), upstream, chunk_size=chunk_size
     )
     events = SSEDecoder().feed(client_bytes)
     assert SSEDecoder.is_done(events[-1])

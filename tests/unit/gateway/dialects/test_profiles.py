@@ -17,33 +17,25 @@ from gatewayd.errors import (
     RequestError,
     UpstreamStatus,
 )
-from gatewayd.gateway.core.dialects import (
-    MAX_UPSTREAM_ERROR_CHARS,
-    Api,
-    Dialect,
-    Framing,
-    backend_dialect,
-    error_body,
-    error_status,
-    stream_error_payload,
-    wants_stream,
-)
-from gatewayd.gateway.core.framing import SSE_DONE, encode, encode_ndjson, encode_sse
-from tests.unit.gateway.core.harness import drain, ollama_client, openai_client
+from gatewayd.gateway.backends.kinds import KINDS
+from gatewayd.gateway.core.framing import SSE_DONE, Framing, encode, encode_ndjson, encode_sse
+from gatewayd.gateway.core.profile import MAX_UPSTREAM_ERROR_CHARS
+from gatewayd.gateway.dialects.anthropic import ANTHROPIC
+from gatewayd.gateway.dialects.ollama import OLLAMA
+from gatewayd.gateway.dialects.openai_chat import OPENAI
+from gatewayd.gateway.dialects.openai_responses import RESPONSES
+from gatewayd.gateway.dialects.registry import Api
+from tests.unit.gateway.dialects.harness import drain, ollama_client, openai_client
 
 CHAT = [{"role": "user", "content": "hi"}]
 
 
 def test_api_knows_its_dialect_path_framing_and_kind() -> None:
-    named_events = {Api.OPENAI_RESPONSES, Api.ANTHROPIC_MESSAGES, Api.ANTHROPIC_COUNT_TOKENS}
-    for api in set(Api) - named_events:
-        assert api.path.startswith("/v1/" if api.dialect is Dialect.OPENAI else "/api/")
-        assert api.framing is (Framing.SSE if api.dialect is Dialect.OPENAI else Framing.NDJSON)
-    for api in named_events:
-        assert api.path.startswith("/v1/")
-        assert api.framing is Framing.SSE_EVENTS
-    assert Api.OPENAI_RESPONSES.dialect is Dialect.OPENAI
-    assert Api.ANTHROPIC_MESSAGES.dialect is Dialect.ANTHROPIC
+    for api in Api:
+        assert api.path.startswith("/api/" if api.dialect is OLLAMA else "/v1/")
+        assert api.framing is (Framing.NDJSON if api.dialect is OLLAMA else Framing.SSE)
+    assert Api.ANTHROPIC_MESSAGES.dialect is ANTHROPIC
+    assert Api.OPENAI_RESPONSES.dialect is RESPONSES
     assert Api.OPENAI_CHAT.path == "/v1/chat/completions"
     assert Api.OLLAMA_EMBEDDINGS.path == "/api/embeddings"
     assert {api for api in Api if api.is_embedding} == {
@@ -54,10 +46,10 @@ def test_api_knows_its_dialect_path_framing_and_kind() -> None:
 
 
 def test_backend_dialect() -> None:
-    assert backend_dialect(BackendKind.OLLAMA) is Dialect.OLLAMA
+    assert KINDS[BackendKind.OLLAMA].dialect is OLLAMA
     for kind in (BackendKind.OPENAI, BackendKind.LLAMA_SERVER, BackendKind.VLLM):
-        assert backend_dialect(kind) is Dialect.OPENAI
-    assert backend_dialect(BackendKind.ANTHROPIC) is Dialect.ANTHROPIC
+        assert KINDS[kind].dialect is OPENAI
+    assert KINDS[BackendKind.ANTHROPIC].dialect is ANTHROPIC
 
 
 @pytest.mark.parametrize(
@@ -77,7 +69,7 @@ def test_backend_dialect() -> None:
     ],
 )
 def test_wants_stream(api: Api, body: dict[str, Any], expected: bool) -> None:
-    assert wants_stream(api, body) is expected
+    assert api.wants_stream(body) is expected
 
 
 @pytest.mark.parametrize(
@@ -95,8 +87,8 @@ def test_wants_stream(api: Api, body: dict[str, Any], expected: bool) -> None:
 def test_openai_error_bodies_become_the_openai_clients_exceptions(
     error: RequestError, openai_exception: type[openai.APIStatusError], status: int
 ) -> None:
-    assert error_status(Dialect.OPENAI, error) == status
-    client = openai_client(lambda path, body: (status, error_body(Dialect.OPENAI, error)))
+    assert OPENAI.error_status(error) == status
+    client = openai_client(lambda path, body: (status, OPENAI.error_body(error)))
     with pytest.raises(openai_exception) as raised:
         client.chat.completions.create(model="m", messages=CHAT)
     assert raised.value.status_code == status
@@ -120,10 +112,10 @@ def test_openai_error_bodies_become_the_openai_clients_exceptions(
     ],
 )
 def test_ollama_error_bodies_become_the_ollama_clients_response_error(error: RequestError) -> None:
-    status = error_status(Dialect.OLLAMA, error)
+    status = OLLAMA.error_status(error)
     assert status == (503 if isinstance(error, Overloaded) else error.status)
-    assert json.loads(error_body(Dialect.OLLAMA, error)) == {"error": error.message}
-    client = ollama_client(lambda path, body: (status, error_body(Dialect.OLLAMA, error)))
+    assert json.loads(OLLAMA.error_body(error)) == {"error": error.message}
+    client = ollama_client(lambda path, body: (status, OLLAMA.error_body(error)))
     with pytest.raises(ollama.ResponseError) as raised:
         client.chat(model="m", messages=CHAT)
     assert raised.value.error == error.message
@@ -141,9 +133,9 @@ OLLAMA_SHAPED = b'{"error":"model \\"x\\" not found, try pulling it first"}'
 
 
 def test_an_upstream_error_in_the_clients_dialect_passes_through_unchanged() -> None:
-    assert error_body(Dialect.OPENAI, upstream(400, OPENAI_SHAPED)) == OPENAI_SHAPED
-    assert error_body(Dialect.OLLAMA, upstream(404, OLLAMA_SHAPED)) == OLLAMA_SHAPED
-    assert error_status(Dialect.OPENAI, upstream(400, OPENAI_SHAPED)) == 400
+    assert OPENAI.error_body(upstream(400, OPENAI_SHAPED)) == OPENAI_SHAPED
+    assert OLLAMA.error_body(upstream(404, OLLAMA_SHAPED)) == OLLAMA_SHAPED
+    assert OPENAI.error_status(upstream(400, OPENAI_SHAPED)) == 400
 
 
 @pytest.mark.parametrize(
@@ -165,7 +157,7 @@ def test_an_upstream_error_in_another_shape_is_wrapped_in_the_clients_dialect(
     body: bytes, message: str
 ) -> None:
     if body != OPENAI_SHAPED:
-        assert json.loads(error_body(Dialect.OPENAI, upstream(400, body))) == {
+        assert json.loads(OPENAI.error_body(upstream(400, body))) == {
             "error": {
                 "message": message,
                 "type": "invalid_request_error",
@@ -174,7 +166,7 @@ def test_an_upstream_error_in_another_shape_is_wrapped_in_the_clients_dialect(
             }
         }
     if body != OLLAMA_SHAPED:
-        assert json.loads(error_body(Dialect.OLLAMA, upstream(400, body))) == {"error": message}
+        assert json.loads(OLLAMA.error_body(upstream(400, body))) == {"error": message}
 
 
 def test_a_wrapped_upstream_error_gets_the_openai_type_of_its_status_and_a_bounded_message() -> None:
@@ -185,8 +177,8 @@ def test_a_wrapped_upstream_error_gets_the_openai_type_of_its_status_and_a_bound
         429: "rate_limit_error",
     }
     for status, kind in {**types, 422: "invalid_request_error", 500: "server_error"}.items():
-        assert json.loads(error_body(Dialect.OPENAI, upstream(status, b"no")))["error"]["type"] == kind
-    long = json.loads(error_body(Dialect.OLLAMA, upstream(500, b"x" * 10_000)))["error"]
+        assert json.loads(OPENAI.error_body(upstream(status, b"no")))["error"]["type"] == kind
+    long = json.loads(OLLAMA.error_body(upstream(500, b"x" * 10_000)))["error"]
     assert len(long) == MAX_UPSTREAM_ERROR_CHARS + 1
     assert long.endswith("…")
 
@@ -199,9 +191,7 @@ def test_an_sse_stream_error_event_makes_the_openai_client_raise_api_error() -> 
         "model": "m",
         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}],
     }
-    event = encode(
-        Framing.SSE, stream_error_payload(Dialect.OPENAI, "backend a timed out", "backend_timeout")
-    )
+    event = encode(Framing.SSE, OPENAI.stream_error("backend a timed out", "backend_timeout"))
     assert event.endswith(b"\n\n")
     assert SSE_DONE not in event
     client = openai_client(lambda path, body: (200, encode_sse(chunk) + event))
@@ -221,9 +211,7 @@ def test_an_ndjson_stream_error_line_makes_the_ollama_client_raise_response_erro
         "message": {"role": "assistant", "content": "Hel"},
         "done": False,
     }
-    event = encode(
-        Framing.NDJSON, stream_error_payload(Dialect.OLLAMA, "backend a timed out", "backend_timeout")
-    )
+    event = encode(Framing.NDJSON, OLLAMA.stream_error("backend a timed out", "backend_timeout"))
     assert event == b'{"error":"backend a timed out"}\n'
     client = ollama_client(lambda path, body: (200, encode_ndjson(line) + event))
     received: list[Any] = []

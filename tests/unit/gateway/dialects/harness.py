@@ -18,9 +18,11 @@ import httpx2
 import ollama
 import openai
 
-from gatewayd.gateway.core.dialects import Api, Dialect, Framing, Usage, wants_stream
-from gatewayd.gateway.core.framing import SSE_DONE, NDJSONDecoder, SSEDecoder, encode
-from gatewayd.gateway.core.translate import Translator, translator
+from gatewayd.gateway.core.profile import DialectProfile
+from gatewayd.gateway.core.stream import stream_machine
+from gatewayd.gateway.core.translation import Translator
+from gatewayd.gateway.core.usage import Usage
+from gatewayd.gateway.dialects.registry import Api, translator
 
 #: the model name the backend knows, as opposed to the public name clients ask for
 BACKEND_MODEL = "backend-model"
@@ -57,33 +59,17 @@ def ollama_client(reply: Reply) -> ollama.Client:
 
 
 def pump(translation: Translator, upstream: bytes, *, chunk_size: int = 7) -> tuple[bytes, Usage]:
-    """What the relay does with a streamed answer: decode the upstream framing in ``chunk_size`` pieces,
-    translate event by event, frame for the client (SSE clients get ``[DONE]``). Returns the client's bytes
-    and the token counts."""
-    stream = translation.stream()
-    sse = translation.upstream_framing is Framing.SSE
-    decoder: SSEDecoder | NDJSONDecoder = SSEDecoder() if sse else NDJSONDecoder()
-    client = translation.api.framing
+    """What the relay does with a streamed answer: feed the upstream bytes in ``chunk_size`` pieces to the
+    stream machine (``core.stream``) and collect what it would send. Returns the client's bytes and the
+    token counts."""
+    machine = stream_machine(translation, "backend")
     out: list[bytes] = []
-    done = False
     for at in range(0, len(upstream), chunk_size):
-        data = upstream[at : at + chunk_size]
-        if isinstance(decoder, SSEDecoder):
-            payloads = []
-            for event in decoder.feed(data):
-                if SSEDecoder.is_done(event):
-                    done = True
-                    break
-                payloads.append(json.loads(event.data))
-        else:
-            payloads = [json.loads(line) for line in decoder.feed(data)]
-        out.extend(encode(client, payload) for payload in (p for raw in payloads for p in stream.event(raw)))
-        if done:
+        out.append(machine.feed(upstream[at : at + chunk_size]))
+        if machine.finished:
             break
-    out.extend(encode(client, payload) for payload in stream.finish())
-    if client is Framing.SSE:
-        out.append(SSE_DONE)
-    return b"".join(out), stream.usage
+    out.append(machine.end())
+    return b"".join(out), machine.usage
 
 
 @dataclass
@@ -97,7 +83,7 @@ class Exchange:
 
 def gateway(
     api: Api,
-    backend: Dialect,
+    backend: DialectProfile,
     answer: dict[str, Any] | bytes,
     exchanges: list[Exchange],
     *,
@@ -109,7 +95,7 @@ def gateway(
     def reply(path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         assert path == api.path
         translation = translator(api, backend, client_model=body["model"])
-        stream = wants_stream(api, body)
+        stream = api.wants_stream(body)
         assert stream is isinstance(answer, bytes), (
             "the client's stream flag does not match the canned answer"
         )

@@ -1,0 +1,78 @@
+"""The backend kinds: one row each says which dialect a kind speaks, how it is probed and told ready,
+how its model list reads, and how it is sent the configured API key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from gatewayd.config import Backend, BackendKind
+from gatewayd.gateway.core.profile import DialectProfile
+from gatewayd.gateway.dialects import anthropic, ollama, openai_chat
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+def bearer_auth(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def anthropic_auth(api_key: str) -> dict[str, str]:
+    return {"x-api-key": api_key}
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    #: the API the kind's servers speak: requests in another dialect are translated for it
+    dialect: DialectProfile
+    #: GET path that answers 200 once a server of this kind can serve (when the backend sets no ready_path)
+    ready_path: str
+    #: GET path of the model list (the probe), and how its answer reads
+    models_path: str
+    model_ids: Callable[[Any], tuple[str, ...] | None]
+    #: GET path probed before the model list, answering 200 while the server is healthy (None: none)
+    health_path: str | None = None
+    #: whether the server reports its idle slots at GET /slots (llama-server)
+    reports_slots: bool = False
+    #: the headers that carry a backend's configured api_key
+    auth: Callable[[str], dict[str, str]] = bearer_auth
+    #: headers every request to a server of this kind carries (e.g. an API version)
+    headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
+
+
+KINDS: Mapping[BackendKind, Kind] = MappingProxyType(
+    {
+        BackendKind.OPENAI: Kind(openai_chat.OPENAI, "/v1/models", "/v1/models", openai_chat.model_ids),
+        BackendKind.LLAMA_SERVER: Kind(
+            openai_chat.OPENAI,
+            "/health",
+            "/v1/models",
+            openai_chat.model_ids,
+            health_path="/health",
+            reports_slots=True,
+        ),
+        BackendKind.VLLM: Kind(
+            openai_chat.OPENAI, "/health", "/v1/models", openai_chat.model_ids, health_path="/health"
+        ),
+        BackendKind.OLLAMA: Kind(ollama.OLLAMA, "/api/version", "/api/tags", ollama.model_ids),
+        BackendKind.ANTHROPIC: Kind(
+            anthropic.ANTHROPIC,
+            "/v1/models",
+            "/v1/models",
+            anthropic.model_ids,
+            auth=anthropic_auth,
+            headers=MappingProxyType({"anthropic-version": anthropic.ANTHROPIC_VERSION}),
+        ),
+    }
+)
+
+
+def auth_headers(backend: Backend) -> dict[str, str]:
+    """The headers every request to ``backend`` carries: its kind's, and its api_key in its kind's way."""
+    kind = KINDS[backend.kind]
+    headers = dict(kind.headers) if kind.headers else {}
+    if backend.api_key:
+        headers.update(kind.auth(backend.api_key))
+    return headers
