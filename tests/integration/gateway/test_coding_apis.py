@@ -332,8 +332,12 @@ def test_with_keys_on_x_api_key_and_bearer_both_authenticate(tmp_path: Path) -> 
             )
             key = created.json()["key"]
             ask = [{"role": "user", "content": "hi"}]
-            with anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0, timeout=10) as by_header:
-                assert by_header.messages.create(model="m", max_tokens=5, messages=ask).content
+            with anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0, timeout=10) as by_key:
+                assert by_key.messages.create(model="m", max_tokens=5, messages=ask).content
+            # what Claude Code sends for ANTHROPIC_API_KEY (this client version sends its api_key as Bearer)
+            body = {"model": "m", "max_tokens": 5, "messages": ask}
+            by_header = httpx.post(gw.url + "/v1/messages", json=body, headers={"x-api-key": key}, timeout=10)
+            assert by_header.status_code == 200, by_header.text
             with anthropic.Anthropic(base_url=gw.url, auth_token=key, max_retries=0, timeout=10) as by_bearer:
                 assert by_bearer.messages.create(model="m", max_tokens=5, messages=ask).content
             with (
