@@ -400,3 +400,8 @@ def test_a_cut_anthropic_stream_or_an_error_event_is_a_bad_gateway() -> None:
         decoder.finish()
     with pytest.raises(BadGateway):
         AnthropicBackend().stream_decoder().event({"type": "error", "error": {"message": "overloaded"}})
+
+
+def test_a_stream_with_a_tool_call_ends_with_tool_use_whatever_the_backend_said() -> None:
+    out = _stream([ToolCallStart(0, "c", "f"), ToolCallDelta(0, "{}"), Finish(StopReason.END)])
+    assert out[-2]["delta"]["stop_reason"] == "tool_use"  # some backends end a tool call with a plain "stop"
