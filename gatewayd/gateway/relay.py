@@ -1,9 +1,10 @@
 """The relay: takes one parsed client request to a backend and its answer back to the client.
 
-It owns the attempt loop (fallback only before the client has seen a byte), admission, upstream timeouts,
-byte-level relaying of same-dialect streams (cut at event boundaries, never re-encoded), translation of
-cross-dialect answers, the clean ending of a broken or shut-down stream, and the bookkeeping of the exchange
-(backend, attempts, time to first token, usage) that the access log and metrics read afterwards.
+It owns the attempt loop (fallback only before the client has seen a byte), admission, ordering and
+affinity, upstream timeouts, the IO of the answer, the clean ending of a broken or shut-down stream, and
+the bookkeeping of the exchange (backend, attempts, time to first token, usage) that the access log and
+metrics read afterwards. What happens to the answer's bytes (passed through as they are, or translated)
+is decided by the dialect registry's translator and done by the pure stream machine in ``core.stream``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from gatewayd.errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
-    BadGateway,
     Draining,
     ModelNotFound,
     Overloaded,
@@ -37,7 +37,7 @@ from gatewayd.gateway.core.affinity import AffinityTable, Outcome, affinity_key
 from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.inventory import Target
 from gatewayd.gateway.core.routing import Preference, order_targets
-from gatewayd.gateway.core.stream import StreamMachine, stream_machine
+from gatewayd.gateway.core.stream import StreamMachine, stream_machine, whole_answer
 from gatewayd.gateway.core.translation import Translator
 from gatewayd.gateway.core.usage import Usage
 from gatewayd.gateway.dialects.registry import Api, translator
@@ -438,22 +438,7 @@ class Relay:
         started = time.perf_counter()
         raw = await upstream.read()
         exchange.upstream_time += time.perf_counter() - started
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            raise BadGateway(
-                f"backend {exchange.backend} returned a body that is not JSON: {raw[:200]!r}",
-                backend=exchange.backend,
-            ) from None
-        if not isinstance(payload, dict):
-            raise BadGateway(
-                f"backend {exchange.backend} returned an unexpected body", backend=exchange.backend
-            )
-        exchange.usage = translation.usage(payload)
-        if not translation.passthrough:
-            raw = json.dumps(
-                translation.response(payload), separators=(",", ":"), ensure_ascii=False
-            ).encode()
+        raw, exchange.usage = whole_answer(translation, raw, exchange.backend)
         exchange.status = 200
         exchange.started = True
         exchange.first_byte_at = time.perf_counter()

@@ -1,5 +1,6 @@
 """The stream state machine: what becomes of a streamed answer's bytes between backend and client. Pure:
-fed the upstream's chunks, it returns the bytes to send; the relay does the IO.
+fed the upstream's chunks, it returns the bytes to send; the relay does the IO. (``whole_answer`` does
+the same for an answer that is not streamed.)
 
 ``RelayedStream`` (same dialect) cuts the upstream bytes at event boundaries and forwards whole events
 as they are, never re-encoded, parsing only the events that may carry token counts (the dialect's
@@ -150,6 +151,26 @@ class TranslatedStream(StreamMachine):
         tail = b"".join(encode(p) for p in self._stream.finish()) + self._client.end_bytes
         self.started = True
         return tail
+
+
+def whole_answer(translation: Translator, raw: bytes, backend: str | None) -> tuple[bytes, Usage]:
+    """The client's body for a whole upstream body, and its token counts: the bytes themselves for the
+    same dialect, re-encoded otherwise. Raises BadGateway for a body that is not a JSON object (or has
+    the wrong shape for the translation)."""
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        raise BadGateway(
+            f"backend {backend} returned a body that is not JSON: {raw[:200]!r}", backend=backend
+        ) from None
+    if not isinstance(payload, dict):
+        raise BadGateway(f"backend {backend} returned an unexpected body", backend=backend)
+    usage = translation.usage(payload)
+    if translation.passthrough:
+        return raw, usage
+    return json.dumps(
+        translation.response(payload), separators=(",", ":"), ensure_ascii=False
+    ).encode(), usage
 
 
 def _decoder(dialect: DialectProfile) -> SSEDecoder | NDJSONDecoder:

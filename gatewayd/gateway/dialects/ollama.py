@@ -164,13 +164,6 @@ class ChatClient(ClientCodec):
     """/api/chat as an Ollama client speaks it."""
 
     def decode_request(self, body: Payload) -> ChatRequest:
-        think = body.get("think")
-        if isinstance(think, bool):
-            reasoning = Reasoning(enabled=think)
-        elif isinstance(think, str):  # "low" / "medium" / "high" (gpt-oss)
-            reasoning = Reasoning(enabled=True, effort=think)
-        else:
-            reasoning = Reasoning()
         return ChatRequest(
             model=str(body.get("model", "")),
             messages=_decode_messages(body.get("messages")),
@@ -178,7 +171,7 @@ class ChatClient(ClientCodec):
             tools=_decode_tools(body.get("tools")),
             sampling=_decode_options(body.get("options")),
             output=_decode_format(body.get("format")),
-            reasoning=reasoning,
+            reasoning=_decode_think(body.get("think")),
         )
 
     def encode_response(self, response: ChatResponse) -> Payload:
@@ -197,17 +190,55 @@ class ChatClient(ClientCodec):
         return _final(out, response.stop_reason, response.usage)
 
     def stream_encoder(self) -> StreamEncoder:
-        return _LineEncoder()
+        return _LineEncoder(generate=False)
+
+
+class GenerateClient(ClientCodec):
+    """/api/generate as an Ollama client speaks it, for backends that only chat: ``system`` and
+    ``prompt`` (with its ``images``) become a system and a user message. (A ``raw`` prompt is sent as
+    that user message too: such backends apply their own template. OpenAI-compatible backends, which
+    have raw completions, get /api/generate through ``completions.OllamaGenerateOverOpenAI`` instead.)"""
+
+    def decode_request(self, body: Payload) -> ChatRequest:
+        prompt = body.get("prompt") or ""
+        if not isinstance(prompt, str):
+            raise BadRequest("'prompt' must be a string", param="prompt")
+        system = body.get("system")
+        messages = [Message(Role.SYSTEM, (Text(system),))] if isinstance(system, str) and system else []
+        user = {"role": "user", "content": prompt, "images": body.get("images")}
+        messages.extend(_decode_messages([user]))
+        return ChatRequest(
+            model=str(body.get("model", "")),
+            messages=tuple(messages),
+            stream=OLLAMA.wants_stream(body),
+            sampling=_decode_options(body.get("options")),
+            output=_decode_format(body.get("format")),
+            reasoning=_decode_think(body.get("think")),
+        )
+
+    def encode_response(self, response: ChatResponse) -> Payload:
+        created_at = rfc3339(response.created if response.created is not None else now_seconds())
+        text = "".join(part.text for part in response.parts if isinstance(part, Text))
+        out: Payload = {"model": response.model, "created_at": created_at, "response": text}
+        thinking = "".join(part.text for part in response.parts if isinstance(part, Thinking))
+        if thinking:
+            out["thinking"] = thinking
+        return _final(out, response.stop_reason, response.usage)
+
+    def stream_encoder(self) -> StreamEncoder:
+        return _LineEncoder(generate=True)
 
 
 class _LineEncoder(StreamEncoder):
-    """Internal events -> Ollama chat lines. The text and thinking of one upstream payload go out in one
-    line as they arrive; tool calls are collected and go out whole, in one line, at ``Finish`` (Ollama
-    sends each call complete), before the ``done`` line with the counts."""
+    """Internal events -> Ollama chat lines (or generate lines: ``response`` for ``message``, no tool
+    calls). The text and thinking of one upstream payload go out in one line as they arrive; tool calls
+    are collected and go out whole, in one line, at ``Finish`` (Ollama sends each call complete), before
+    the ``done`` line with the counts."""
 
-    __slots__ = ("_created_at", "_model", "_tools")
+    __slots__ = ("_created_at", "_generate", "_model", "_tools")
 
-    def __init__(self) -> None:
+    def __init__(self, *, generate: bool) -> None:
+        self._generate = generate
         self._model = ""
         self._created_at = rfc3339(now_seconds())
         #: call index -> its name and the pieces of its arguments
@@ -239,7 +270,7 @@ class _LineEncoder(StreamEncoder):
         if text or thinking:
             out.append(self._line("".join(text), "".join(thinking)))
         if finish is not None:
-            if self._tools:
+            if self._tools and not self._generate:
                 line = self._line("", "")
                 line["message"]["tool_calls"] = [
                     _encode_answer_call(name, "".join(pieces))
@@ -250,6 +281,12 @@ class _LineEncoder(StreamEncoder):
         return out
 
     def _line(self, text: str, thinking: str) -> Payload:
+        if self._generate:
+            line: Payload = {"model": self._model, "created_at": self._created_at, "response": text}
+            if thinking:
+                line["thinking"] = thinking
+            line["done"] = False
+            return line
         message: Payload = {"role": "assistant", "content": text}
         if thinking:
             message["thinking"] = thinking
@@ -364,6 +401,14 @@ def _decode_options(options: object) -> Sampling:
     if extra:
         sampling["extra"] = extra
     return Sampling(**sampling)
+
+
+def _decode_think(think: object) -> Reasoning:
+    if isinstance(think, bool):
+        return Reasoning(enabled=think)
+    if isinstance(think, str):  # "low" / "medium" / "high" (gpt-oss)
+        return Reasoning(enabled=True, effort=think)
+    return Reasoning()
 
 
 def _decode_format(fmt: object) -> OutputFormat:

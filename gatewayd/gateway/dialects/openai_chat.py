@@ -15,6 +15,9 @@ object (in a stream, only with ``stream_options.include_usage``); errors as ``{"
 ``ChatBackend`` (OpenAI-compatible servers, any client) writes all of the above but the reasoning
 settings, and drops a request's thinking parts (OpenAI has no way to send them back). It reads
 ``reasoning_content`` (or ``reasoning``, as vLLM and llama-server send it) as thinking.
+
+(Past 600 lines on purpose: the module is the whole dialect, both sides, and each side's decoder sits
+next to the encoder of the same shapes.)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ reaches a backend of any dialect.
     openai.completions     /v1/completions        OPENAI    -
     openai.embeddings      /v1/embeddings         OPENAI    -
     ollama.chat            /api/chat              OLLAMA    ollama.ChatClient
-    ollama.generate        /api/generate          OLLAMA    -
+    ollama.generate        /api/generate          OLLAMA    ollama.GenerateClient (chat-only backends)
     ollama.embed           /api/embed             OLLAMA    -
     ollama.embeddings      /api/embeddings        OLLAMA    - (legacy, single prompt)
     openai.responses       /v1/responses          RESPONSES openai_responses.ResponsesClient
@@ -14,8 +14,8 @@ reaches a backend of any dialect.
     anthropic.count_tokens /v1/messages/count_tokens ANTHROPIC - (answered by the edge: token_count)
 
 ``translator(api, backend_dialect)`` picks the request's ``Translator``: a ``Passthrough`` when the
-backend speaks the endpoint's dialect, else for chat the client codec of the endpoint with the chat
-codec of the backend's dialect (``BACKEND_CHAT``), else a direct translator (``DIRECT``).
+backend speaks the endpoint's dialect, else a direct translator where one is listed (``DIRECT``), else
+the client codec of the endpoint with the chat codec of the backend's dialect (``BACKEND_CHAT``).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Endpoint:
     operation: Operation
     #: one keep-alive event for a stream waiting for its backend to start: (model, backend id) -> bytes
     keepalive: Callable[[str, str], bytes] | None = None
-    #: chat endpoints: a fresh client codec (one per request)
+    #: endpoints translated through core.chat: a fresh client codec (one per request)
     client_codec: Callable[[], ClientCodec] | None = None
 
 
@@ -118,7 +118,7 @@ ENDPOINTS: Mapping[Api, Endpoint] = MappingProxyType(
             "/api/chat", OLLAMA, Operation.CHAT, ollama.chat_keepalive, ollama.ChatClient
         ),
         Api.OLLAMA_GENERATE: Endpoint(
-            "/api/generate", OLLAMA, Operation.COMPLETION, ollama.generate_keepalive
+            "/api/generate", OLLAMA, Operation.COMPLETION, ollama.generate_keepalive, ollama.GenerateClient
         ),
         Api.OLLAMA_EMBED: Endpoint("/api/embed", OLLAMA, Operation.EMBEDDING),
         Api.OLLAMA_EMBEDDINGS: Endpoint("/api/embeddings", OLLAMA, Operation.EMBEDDING),

@@ -6,7 +6,7 @@ import pytest
 
 from gatewayd.errors import BadGateway
 from gatewayd.gateway.core.framing import SSE_DONE, encode_ndjson, encode_sse
-from gatewayd.gateway.core.stream import RelayedStream, TranslatedStream, stream_machine
+from gatewayd.gateway.core.stream import RelayedStream, TranslatedStream, stream_machine, whole_answer
 from gatewayd.gateway.core.usage import Usage
 from gatewayd.gateway.dialects.ollama import OLLAMA
 from gatewayd.gateway.dialects.openai_chat import OPENAI
@@ -105,3 +105,19 @@ def test_a_translated_openai_stream_ends_with_done_and_without_it_upstream_is_cu
         cut.end()
     with pytest.raises(BadGateway, match="not JSON"):
         stream_machine(translator(Api.OLLAMA_CHAT, OPENAI, client_model="m"), "b1").feed(b"data: {nope\n\n")
+
+
+def test_a_whole_answer_is_passed_as_its_bytes_or_re_encoded_and_must_be_a_json_object() -> None:
+    raw = b'{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}'
+    same = translator(Api.OPENAI_CHAT, OPENAI, client_model="m")
+    assert whole_answer(same, raw, "b1") == (raw, Usage(3, 4))
+    ollama = {"model": "b", "message": {"role": "assistant", "content": "hi"}, "done": True, "eval_count": 2}
+    body, usage = whole_answer(
+        translator(Api.OPENAI_CHAT, OLLAMA, client_model="m"), json.dumps(ollama).encode(), "b1"
+    )
+    assert json.loads(body)["choices"][0]["message"]["content"] == "hi"
+    assert usage == Usage(None, 2)
+    with pytest.raises(BadGateway, match="backend b1 returned a body that is not JSON"):
+        whole_answer(same, b"<html>", "b1")
+    with pytest.raises(BadGateway, match="backend b1 returned an unexpected body"):
+        whole_answer(same, b"[1]", "b1")
