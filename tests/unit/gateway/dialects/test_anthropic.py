@@ -405,3 +405,43 @@ def test_a_cut_anthropic_stream_or_an_error_event_is_a_bad_gateway() -> None:
 def test_a_stream_with_a_tool_call_ends_with_tool_use_whatever_the_backend_said() -> None:
     out = _stream([ToolCallStart(0, "c", "f"), ToolCallDelta(0, "{}"), Finish(StopReason.END)])
     assert out[-2]["delta"]["stop_reason"] == "tool_use"  # some backends end a tool call with a plain "stop"
+
+
+# --- the profile ----------------------------------------------------------------------------------------
+
+
+def test_errors_have_anthropics_shape_and_statuses() -> None:
+    from gatewayd.errors import ModelNotFound, Overloaded, UpstreamStatus
+    from gatewayd.gateway.dialects.anthropic import ANTHROPIC
+
+    assert ANTHROPIC.error_status(Overloaded("full")) == 529
+    assert json.loads(ANTHROPIC.error_body(Overloaded("full")))["error"]["type"] == "overloaded_error"
+    missing = json.loads(ANTHROPIC.error_body(ModelNotFound("no such model")))
+    assert missing == {"type": "error", "error": {"type": "not_found_error", "message": "no such model"}}
+    own = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
+    assert ANTHROPIC.error_body(UpstreamStatus("x", status=429, body=own)) == own  # passed on as it is
+    foreign = json.loads(
+        ANTHROPIC.error_body(UpstreamStatus("x", status=400, body=b'{"error":{"message":"bad"}}'))
+    )
+    assert foreign == {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}
+    event = ANTHROPIC.encode(ANTHROPIC.stream_error("backend died", "bad_gateway"))
+    assert event.startswith(b"event: error\ndata: ")
+    assert ANTHROPIC.encode({"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
+def test_a_key_is_read_from_x_api_key_then_bearer() -> None:
+    from gatewayd.gateway.dialects.anthropic import ANTHROPIC
+
+    assert ANTHROPIC.api_key([(b"x-api-key", b"k1")]) == "k1"
+    assert ANTHROPIC.api_key([(b"authorization", b"Bearer k2")]) == "k2"
+    assert ANTHROPIC.api_key([]) is None
+
+
+def test_stream_usage_reads_message_start_then_message_delta() -> None:
+    from gatewayd.gateway.dialects.anthropic import ANTHROPIC
+
+    usage = ANTHROPIC.stream_usage(
+        Usage(), {"type": "message_start", "message": {"usage": {"input_tokens": 5}}}
+    )
+    usage = ANTHROPIC.stream_usage(usage, {"type": "message_delta", "usage": {"output_tokens": 8}})
+    assert (usage.prompt_tokens, usage.completion_tokens) == (5, 8)
