@@ -366,6 +366,8 @@ class Relay:
             exchange.translation = translation
             body = self._upstream_body(exchange, translation, target.model)
             headers = {"Content-Type": "application/json", **auth_headers(backend)}
+            if translation.passthrough and translation.upstream.forwarded_headers:
+                headers.update(_forwarded(exchange.headers, translation.upstream.forwarded_headers))
             started = clock()
             try:
                 upstream = await self._transport.open(
@@ -522,6 +524,10 @@ class Relay:
 def _is_stream(upstream: UpstreamResponse, framing: Framing) -> bool:
     """Whether the backend answered with a stream (some ignore "stream": true and answer whole)."""
     return upstream.content_type == framing.content_type
+
+
+def _forwarded(headers: Sequence[tuple[bytes, bytes]], names: tuple[bytes, ...]) -> dict[str, str]:
+    return {name.decode(): value.decode("latin-1") for name, value in headers if name in names}
 
 
 def _total_timeout(backend: str, seconds: float | None) -> BackendError:

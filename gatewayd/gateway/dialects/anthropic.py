@@ -130,6 +130,8 @@ class AnthropicProfile(DialectProfile):
     framing = Framing.SSE
     event_mark = b"data:"
     usage_mark = b'"usage"'
+    #: the beta features a passed-through body may use (Claude Code's context_management, ...)
+    forwarded_headers = (b"anthropic-beta",)
 
     def wants_stream(self, body: Mapping[str, Any]) -> bool:
         return body.get("stream") is True

@@ -193,6 +193,16 @@ def test_messages_pass_through_to_an_anthropic_backend_untouched(
     assert answer.status_code == 200
     assert answer.json()["id"] == "msg_fake"  # the backend's own answer
     assert last_body(setup, "anthropic")["some_future_field"] == {"kept": True}
+    with claude.messages.stream(
+        model=MODELS["anthropic"],
+        max_tokens=9,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"anthropic-beta": "context-management-2025-06-27"},
+    ) as stream:
+        assert stream.get_final_message().usage.output_tokens == 7
+    sent = setup.fakes["anthropic"].requests[-1].headers
+    assert sent["anthropic-beta"] == "context-management-2025-06-27"  # what the body's features need
+    assert sent["anthropic-version"] == "2023-06-01"
 
 
 @pytest.mark.parametrize(
