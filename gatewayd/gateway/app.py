@@ -26,6 +26,7 @@ from gatewayd.config.loader import is_loopback_host
 from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound, NotFound, RequestError
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.core.requestid import request_id
+from gatewayd.gateway.dialects.anthropic import ANTHROPIC
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import dialect_of_path
 from gatewayd.gateway.ui import status_page
@@ -75,6 +76,8 @@ def create_app(
                 pass
             elif path in OPERATOR_PATHS and guard.settings.mode is AuthMode.KEYS:
                 raise AdminRequired(f"{path} shows every key's use: it needs the admin token")
+            elif "anthropic-version" in request.headers:  # an Anthropic client: its key may be in x-api-key
+                guard.authenticate(headers, ANTHROPIC.api_key)
             else:
                 guard.authenticate(headers)
         except RequestError as error:

@@ -348,6 +348,10 @@ def test_with_keys_on_x_api_key_and_bearer_both_authenticate(tmp_path: Path) -> 
             body = {"model": "m", "max_tokens": 5, "messages": ask}
             by_header = httpx.post(gw.url + "/v1/messages", json=body, headers={"x-api-key": key}, timeout=10)
             assert by_header.status_code == 200, by_header.text
+            anthropic_headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+            listed = httpx.get(gw.url + "/v1/models", headers=anthropic_headers, timeout=10)
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["data"][0]["type"] == "model"
             with anthropic.Anthropic(base_url=gw.url, auth_token=key, max_retries=0, timeout=10) as by_bearer:
                 assert by_bearer.messages.create(model="m", max_tokens=5, messages=ask).content
             with (
