@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class Conversations:
         self._store: Store | None = None
         self._failed = False
         self._memory: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
+        #: loads and saves run in worker threads: one at a time touches the store handle and the memory
+        self._lock = threading.Lock()
 
     def _open(self) -> Store | None:
         if self._store is None and not self._failed:
@@ -58,6 +61,10 @@ class Conversations:
         return items if isinstance(items, list) else None
 
     def _load(self, response_id: str, newer_than: float) -> str | None:
+        with self._lock:
+            return self._load_locked(response_id, newer_than)
+
+    def _load_locked(self, response_id: str, newer_than: float) -> str | None:
         store = self._open()
         if store is not None:
             try:
@@ -74,6 +81,10 @@ class Conversations:
         await anyio.to_thread.run_sync(self._save, response_id, text, settings)
 
     def _save(self, response_id: str, text: str, settings: ResponsesSettings) -> None:
+        with self._lock:
+            self._save_locked(response_id, text, settings)
+
+    def _save_locked(self, response_id: str, text: str, settings: ResponsesSettings) -> None:
         now = time.time()
         store = self._open()
         if store is not None:
@@ -93,6 +104,7 @@ class Conversations:
             self._memory.popitem(last=False)
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
