@@ -41,4 +41,5 @@ def test_the_oldest_go_beyond_max_stored_and_expired_ones_are_not_found(tmp_path
         kept.close()
 
     anyio.run(main, tmp_path / "gatewayd.db")  # the store
-    anyio.run(main, Path("/nonexistent/gatewayd.db"))  # memory: the store cannot be created there
+    (tmp_path / "a-file").write_text("")
+    anyio.run(main, tmp_path / "a-file" / "gatewayd.db")  # memory: no store can be created under a file
