@@ -179,7 +179,9 @@ class CodecTranslator(Translator):
         decoded = self._decoded
         if decoded is not None and decoded[0] is upstream:
             return decoded[1]
-        response = replace(self._backend.decode_response(upstream), model=self.client_model)
+        response = self._backend.decode_response(upstream)
+        if response.model != self.client_model:
+            response = replace(response, model=self.client_model)
         self._decoded = (upstream, response)
         return response
 
@@ -221,7 +223,8 @@ class CodecStream(StreamTranslator):
             return []
         for i, event in enumerate(events):
             if isinstance(event, MessageStart):
-                events[i] = replace(event, model=self._model)
+                if event.model != self._model:
+                    events[i] = replace(event, model=self._model)
             elif isinstance(event, Finish):
                 self.usage = event.usage
         return self._encoder.events(events)

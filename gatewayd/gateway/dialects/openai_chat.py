@@ -157,6 +157,11 @@ _STOP_REASONS = {
 #: OpenAI sampling fields with the same name in ``core.chat.Sampling``
 _SAMPLING_FIELDS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
 
+#: shared defaults (the values are frozen)
+_AUTO = ToolChoice()
+_TEXT = OutputFormat()
+_NO_REASONING = Reasoning()
+
 
 class ChatClient(ClientCodec):
     """/v1/chat/completions as an OpenAI client speaks it."""
@@ -192,7 +197,7 @@ class ChatClient(ClientCodec):
             parallel_tool_calls=parallel if isinstance(parallel, bool) else None,
             sampling=Sampling(**sampling),
             output=_decode_output(body.get("response_format")),
-            reasoning=Reasoning(effort=effort) if isinstance(effort, str) else Reasoning(),
+            reasoning=Reasoning(effort=effort) if isinstance(effort, str) else _NO_REASONING,
             top_logprobs=(top_logprobs if type(top_logprobs) is int else 0) if body.get("logprobs") else None,
             user=user if isinstance(user, str) else None,
         )
@@ -242,6 +247,10 @@ class _ChunkEncoder(StreamEncoder):
         return self.events([event])
 
     def events(self, events: list[ChatEvent]) -> list[Payload]:
+        first = events[0] if len(events) == 1 else None
+        if isinstance(first, TextDelta) and self._role_sent:  # most of a stream
+            choice = {"index": 0, "delta": {"content": first.text}, "logprobs": None, "finish_reason": None}
+            return [self._chunk(choice)]
         out: list[Payload] = []
         text: list[str] = []
         thinking: list[str] = []
@@ -409,7 +418,7 @@ def _decode_tool_choice(choice: object) -> ToolChoice:
         name = function.get("name") if isinstance(function, dict) else None
         if isinstance(name, str):
             return ToolChoice(ToolMode.NAMED, name)
-    return ToolChoice()
+    return _AUTO
 
 
 def _decode_output(response_format: object) -> OutputFormat:
@@ -427,7 +436,7 @@ def _decode_output(response_format: object) -> OutputFormat:
             name if isinstance(name, str) else None,
             strict if isinstance(strict, bool) else None,
         )
-    return OutputFormat()
+    return _TEXT
 
 
 def _encode_tool_call(call: ToolCall, index: int | None = None) -> Payload:
