@@ -16,6 +16,9 @@ results, server tool results), server tools (a ``type`` such as ``web_search_202
 Encoded to a backend: every SYSTEM message joins the top-level ``system`` (Anthropic takes instructions
 only there), tool results go in user messages, thinking without a signature is left out (Anthropic refuses
 it), and ``max_tokens`` is ``DEFAULT_MAX_TOKENS`` when the client gave none.
+
+(Past 600 lines on purpose: the module is the whole dialect, its profile and both sides, and each side's
+decoder sits next to the encoder of the same shapes.)
 """
 
 from __future__ import annotations
