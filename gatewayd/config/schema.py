@@ -21,6 +21,7 @@ class BackendKind(enum.StrEnum):
     LLAMA_SERVER = "llama-server"  # llama.cpp's llama-server: OpenAI dialect plus /health, /slots, /metrics
     OLLAMA = "ollama"  # Ollama's native API (/api/*)
     VLLM = "vllm"  # vLLM's OpenAI-compatible server: OpenAI dialect plus /health, /metrics
+    ANTHROPIC = "anthropic"  # Anthropic's Messages API (hosted, or a local server that speaks it natively)
 
 
 class RestartMode(enum.StrEnum):
@@ -345,6 +346,17 @@ class UsageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesSettings:
+    """Conversations of ``/v1/responses`` kept for ``previous_response_id`` (requests with ``store`` not
+    false; SQLite in the state directory)."""
+
+    #: a stored response older than this can no longer be continued, and is deleted
+    retention_seconds: float = 86_400.0
+    #: responses kept at most (the oldest are deleted first)
+    max_stored: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole config. ``source`` is the file it came from (None for the built-in default)."""
 
@@ -360,6 +372,7 @@ class Config:
     affinity: AffinitySettings = AffinitySettings()
     auth: AuthSettings = AuthSettings()
     usage: UsageSettings = UsageSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     keys: tuple[ApiKey, ...] = ()
     backends: tuple[Backend, ...] = ()
     groups: tuple[Group, ...] = ()

@@ -26,6 +26,7 @@ from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.core.metadata import ollama_show as ollama_show_body
 from gatewayd.gateway.core.metadata import ollama_tag, openai_fields
 from gatewayd.gateway.core.requestid import request_id
+from gatewayd.gateway.dialects.anthropic import ANTHROPIC
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import dialect_of_path
 from gatewayd.gateway.ui import status_page
@@ -73,6 +74,8 @@ def create_app(
                 pass
             elif path in OPERATOR_PATHS and guard.settings.mode is AuthMode.KEYS:
                 raise AdminRequired(f"{path} shows every key's use: it needs the admin token")
+            elif "anthropic-version" in request.headers:  # an Anthropic client: its key may be in x-api-key
+                guard.authenticate(headers, ANTHROPIC.api_key)
             else:
                 guard.authenticate(headers)
         except RequestError as error:
@@ -208,6 +211,8 @@ def create_app(
 
     @app.get("/v1/models")
     async def openai_models() -> Response:
+        if "anthropic-version" in request.headers:
+            return jsonify(_anthropic_models(generation.model_rows(), started))
         return jsonify({"object": "list", "data": [_openai_model(row) for row in generation.model_rows()]})
 
     @app.get("/v1/models/<path:model_id>")
@@ -326,6 +331,22 @@ def _error_response(error: RequestError) -> Response:
     response = Response(dialect.error_body(error), content_type="application/json")
     response.status_code = dialect.error_status(error)
     return response
+
+
+def _anthropic_models(rows: list[dict[str, Any]], created: int) -> dict[str, Any]:
+    """Anthropic's model list (the ``anthropic`` client's ``models.list()``), for requests that carry
+    ``anthropic-version``; one page holds every model."""
+    created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    data = [
+        {"type": "model", "id": row["name"], "display_name": row["name"], "created_at": created_at}
+        for row in rows
+    ]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 def model_state(states: list[BackendState]) -> str:

@@ -14,17 +14,23 @@ from typing import Any
 
 import anyio
 
+from gatewayd.config import ResponsesSettings
 from gatewayd.errors import (
     BadRequest,
     Draining,
     InternalError,
     KeyLimitError,
+    NotFound,
     PayloadTooLarge,
     RequestError,
 )
 from gatewayd.gateway.activity import Activity
+from gatewayd.gateway.conversations import Conversations
+from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.limits import Grant
 from gatewayd.gateway.core.requestid import request_id
+from gatewayd.gateway.core.translation import CodecTranslator
+from gatewayd.gateway.dialects.openai_responses import ResponsesClient
 from gatewayd.gateway.dialects.registry import ROUTES, Api, dialect_of_path
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.lifecycle import Lifecycle
@@ -157,7 +163,11 @@ class InferenceEndpoint:
         activity: Activity,
         guard: Guard,
         streams: StreamRegistry,
+        conversations: Conversations | None = None,
+        responses: ResponsesSettings | None = None,
     ) -> None:
+        self._conversations = conversations
+        self._responses = responses or ResponsesSettings()
         self._guard = guard
         self._streams = streams
         self._relay = relay
@@ -188,16 +198,17 @@ class InferenceEndpoint:
         try:
             error: RequestError | None = None
             try:  # the key is checked before the body is read
-                key = self._guard.authenticate(
-                    scope["headers"], api.dialect.api_key
-                )  # before the body is read
+                key = self._guard.authenticate(scope["headers"], api.dialect.api_key)
                 exchange.raw = await read_body(scope, receive, self._limit)
                 exchange.body, exchange.model = parse_request(api, exchange.raw)
                 exchange.stream = api.wants_stream(exchange.body)
                 grant = await self._guard.admit(key, exchange.model, len(exchange.raw))
                 if grant is not None:
                     exchange.rate_headers = grant.headers
+                if api is Api.OPENAI_RESPONSES:
+                    await self._continue_conversation(exchange)
                 error = await self._relay_watched(exchange, receive, send)
+                await self._after_codec(exchange)
             except ClientGone:
                 exchange.status = CLIENT_CLOSED_REQUEST
                 exchange.error = "client disconnected"
@@ -240,7 +251,10 @@ class InferenceEndpoint:
             streams.add(cancel_scope, stream=exchange.stream)
             try:
                 async with DisconnectWatch(receive, cancel_scope):
-                    await self._relay.relay(exchange, send)
+                    if exchange.api is Api.ANTHROPIC_COUNT_TOKENS:
+                        await self._count_tokens(exchange, send)
+                    else:
+                        await self._relay.relay(exchange, send)
             finally:
                 streams.discard(cancel_scope)
         if cancel_scope.cancelled_caught and streams.ending:
@@ -266,6 +280,58 @@ class InferenceEndpoint:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except Exception as failure:  # the stream had already been ended, or its client is gone
             log.debug("request %s: cannot end its stream in band: %s", exchange.request_id, failure)
+
+    async def _continue_conversation(self, exchange: Exchange) -> None:
+        """``previous_response_id``: the stored conversation goes before the request's input. Raises
+        NotFound (OpenAI answers 404 for an unknown, expired or unstored response)."""
+        previous = exchange.body.get("previous_response_id")
+        if previous is None:
+            return
+        if not isinstance(previous, str) or not previous:
+            raise BadRequest("'previous_response_id' must be a string", param="previous_response_id")
+        conversations = self._conversations
+        items = None if conversations is None else await conversations.load(previous, self._responses)
+        if items is None:
+            raise NotFound(f"Previous response with id '{previous}' not found.", param="previous_response_id")
+        given = exchange.body.get("input")
+        if isinstance(given, str):
+            given = [{"type": "message", "role": "user", "content": given}]
+        exchange.body["input"] = [*items, *(given if isinstance(given, list) else [])]
+
+    async def _after_codec(self, exchange: Exchange) -> None:
+        """What a client codec kept: tool types it left out (logged), a Responses conversation to store."""
+        translation = exchange.translation
+        if not isinstance(translation, CodecTranslator):
+            return
+        client = translation.client_codec
+        dropped = getattr(client, "dropped_tools", None)
+        if dropped:
+            log.info(
+                "%s %s: left out tools the backend cannot run: %s",
+                exchange.request_id,
+                exchange.api.path,
+                ", ".join(sorted(set(dropped))),
+            )
+        if (
+            isinstance(client, ResponsesClient)
+            and client.store
+            and client.last_response is not None
+            and exchange.status == 200
+            and self._conversations is not None
+        ):
+            response_id = str(client.last_response["id"])
+            await self._conversations.save(response_id, client.conversation_items(), self._responses)
+
+    async def _count_tokens(self, exchange: Exchange, send: Send) -> None:
+        count, source = await self._relay.count_tokens(exchange)
+        body = dumps({"input_tokens": count}).encode()
+        exchange.status = 200
+        exchange.started = True
+        headers = exchange.response_headers(b"application/json")
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"x-gatewayd-token-count", source.encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_error(self, exchange: Exchange, error: RequestError, send: Send) -> None:
         dialect = exchange.api.dialect

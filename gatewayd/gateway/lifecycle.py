@@ -51,6 +51,10 @@ class Lifecycle:
         self._relay = relay
         self._pool = pool
 
+    async def count_tokens(self, exchange: Exchange) -> tuple[int, str]:
+        """As ``Relay.count_tokens``: a count is no lifecycle request."""
+        return await self._relay.count_tokens(exchange)
+
     async def relay(self, exchange: Exchange, send: Send) -> None:
         if exchange.api not in _CHAT_AND_GENERATE:  # a set lookup: this runs on every request
             await self._relay.relay(exchange, send)

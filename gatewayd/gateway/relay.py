@@ -42,6 +42,7 @@ from gatewayd.gateway.core.translation import Translator
 from gatewayd.gateway.core.usage import Usage
 from gatewayd.gateway.dialects.registry import Api, translator
 from gatewayd.gateway.metrics import Metrics
+from gatewayd.gateway.token_count import count_tokens
 
 log = logging.getLogger("gatewayd.relay")
 
@@ -77,6 +78,7 @@ class Exchange:
         "status",
         "stream",
         "stream_events",
+        "translation",
         "upstream_time",
         "usage",
     )
@@ -117,6 +119,8 @@ class Exchange:
         #: seconds spent waiting on upstreams (for the overhead figure)
         self.upstream_time = 0.0
         self.usage = Usage()
+        #: the last attempt's translator (the edge reads what a codec kept, e.g. a Responses conversation)
+        self.translation: Translator | None = None
         self.error: str | None = None
         #: x-ratelimit-* headers of the caller's key, when it has limits
         self.rate_headers: Mapping[str, str] | None = None
@@ -241,6 +245,15 @@ class Relay:
             return ordered
         return [t for t in ordered if t.backend == pinned] + [t for t in ordered if t.backend != pinned]
 
+    async def count_tokens(self, exchange: Exchange) -> tuple[int, str]:
+        """The prompt's token count on the first candidate for the exchange's model, and whether the backend
+        counted it or it is an estimate (``token_count``)."""
+        target = (await self.candidates(exchange))[0]
+        exchange.attempts = 1
+        exchange.backend = target.backend
+        backend = self._pool.runtimes[target.backend].config
+        return await count_tokens(self._transport, backend, target.model, exchange.body)
+
     async def relay(self, exchange: Exchange, send: Send) -> None:
         """Serve the exchange, sending the response through ``send``.
 
@@ -362,8 +375,11 @@ class Relay:
             self._pool.note_traffic(runtime)
             # answers name the model that produced them, as same-dialect answers relayed as bytes do
             translation = translator(exchange.api, KINDS[backend.kind].dialect, client_model=target.model)
+            exchange.translation = translation
             body = self._upstream_body(exchange, translation, target.model)
             headers = {"Content-Type": "application/json", **auth_headers(backend)}
+            if translation.passthrough and translation.upstream.forwarded_headers:
+                headers.update(_forwarded(exchange.headers, translation.upstream.forwarded_headers))
             started = clock()
             try:
                 upstream = await self._transport.open(
@@ -508,6 +524,10 @@ class Relay:
 def _is_stream(upstream: UpstreamResponse, framing: Framing) -> bool:
     """Whether the backend answered with a stream (some ignore "stream": true and answer whole)."""
     return upstream.content_type == framing.content_type
+
+
+def _forwarded(headers: Sequence[tuple[bytes, bytes]], names: tuple[bytes, ...]) -> dict[str, str]:
+    return {name.decode(): value.decode("latin-1") for name, value in headers if name in names}
 
 
 def _total_timeout(backend: str, seconds: float | None) -> BackendError:

@@ -19,9 +19,10 @@ from gatewayd.gateway.app import create_app
 from gatewayd.gateway.backends.manager import BackendManager
 from gatewayd.gateway.backends.pool import BackendPool
 from gatewayd.gateway.backends.transport import Transport
+from gatewayd.gateway.conversations import Conversations
 from gatewayd.gateway.core.affinity import AffinityTable
 from gatewayd.gateway.generation import GatewayGeneration
-from gatewayd.gateway.guard import Guard
+from gatewayd.gateway.guard import DB_FILE, Guard
 from gatewayd.gateway.inference import InferenceEndpoint
 from gatewayd.gateway.lifecycle import Lifecycle
 from gatewayd.gateway.metrics import Metrics
@@ -52,6 +53,8 @@ class GatewayFactory:
         self.manager = BackendManager(state_dir, self.metrics)
         #: keys, limits and the usage record: process-wide, so limits and buffered usage survive a reload
         self.guard = Guard(state_dir, self.metrics)
+        #: /v1/responses conversations kept for previous_response_id (in the store, like the keys)
+        self.conversations = Conversations(state_dir / DB_FILE)
         self._affinity: AffinityTable | None = None
         self._affinity_limits: tuple[int, float] | None = None
 
@@ -66,6 +69,7 @@ class GatewayFactory:
                 yield
             finally:
                 tg.cancel_scope.cancel()
+                self.conversations.close()
 
     def hand_over(self) -> None:
         self.manager.hand_over()
@@ -119,6 +123,8 @@ class GatewayFactory:
                 activity=self.activity,
                 guard=self.guard,
                 streams=streams,
+                conversations=self.conversations,
+                responses=config.responses,
             )
             generation = GatewayGeneration(
                 config,

@@ -93,6 +93,14 @@ MIGRATIONS = (
     CREATE INDEX IF NOT EXISTS usage_by_time ON usage (time);
     CREATE INDEX IF NOT EXISTS usage_by_key ON usage (key_id, time);
     """,
+    """
+    CREATE TABLE IF NOT EXISTS responses (
+        id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        items TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS responses_by_time ON responses (created_at);
+    """,
 )
 
 #: a UsageRecord's fields, which are also the usage table's columns
@@ -305,6 +313,34 @@ class Store:
             if writes:
                 _bump_key_changes(conn)
         return report
+
+    # -- responses (/v1/responses conversations) ------------------------------------------------------------
+
+    def save_response(self, response_id: str, created_at: float, items: str, *, keep: int) -> None:
+        """Store a response's conversation (``items``: JSON text), keeping the newest ``keep`` only."""
+        with self._transaction("store a response") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO responses (id, created_at, items) VALUES (?, ?, ?)",
+                (response_id, created_at, items),
+            )
+            conn.execute(
+                "DELETE FROM responses WHERE id IN"
+                " (SELECT id FROM responses ORDER BY created_at DESC LIMIT -1 OFFSET ?)",
+                (keep,),
+            )
+
+    def load_response(self, response_id: str, *, newer_than: float) -> str | None:
+        """The conversation of a response stored after ``newer_than`` (epoch seconds), or None."""
+        with self._locked("read a response") as conn:
+            row = conn.execute(
+                "SELECT items FROM responses WHERE id = ? AND created_at >= ?", (response_id, newer_than)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def prune_responses(self, older_than: float) -> int:
+        """Delete the responses stored before ``older_than``; returns how many went."""
+        with self._transaction("prune responses") as conn:
+            return conn.execute("DELETE FROM responses WHERE created_at < ?", (older_than,)).rowcount
 
     # -- usage ---------------------------------------------------------------------------------------------
 

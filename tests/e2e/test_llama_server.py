@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -156,6 +157,32 @@ def test_a_managed_llama_server_serves_both_dialects(managed_config: Path, tmp_p
         assert row["kind"] == "llama-server"
         assert row["state"] == "up"
         assert MODEL in row["models"]  # type: ignore[operator]
+
+
+def test_a_managed_llama_server_serves_messages_and_responses(managed_config: Path, tmp_path: Path) -> None:
+    """/v1/messages and /v1/responses translated for llama-server's chat completions; count_tokens counted
+    by its own tokenizer."""
+    with GatewaydProcess.gatewayd(tmp_path, managed_config) as gw:
+        gw.wait_ready()
+        ask = [{"role": "user", "content": "Say hello."}]
+        with anthropic.Anthropic(base_url=gw.url(), api_key="unused", max_retries=0, timeout=60) as claude:
+            message = claude.messages.create(model=MODEL, max_tokens=MAX_TOKENS, messages=ask)  # type: ignore[arg-type]
+            assert message.content[0].text.split() == ["tiny"] * MAX_TOKENS  # type: ignore[union-attr]
+            assert message.stop_reason == "max_tokens"
+            with claude.messages.stream(model=MODEL, max_tokens=MAX_TOKENS, messages=ask) as stream:  # type: ignore[arg-type]
+                assert "".join(stream.text_stream).split() == ["tiny"] * MAX_TOKENS
+            counted = claude.messages.with_raw_response.count_tokens(model=MODEL, messages=ask)  # type: ignore[arg-type]
+            assert counted.headers["x-gatewayd-token-count"] == "backend"
+            assert counted.parse().input_tokens > 0
+        with openai_client(gw) as client:
+            response = client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=MAX_TOKENS)
+            assert response.output_text.split() == ["tiny"] * MAX_TOKENS
+            assert response.status == "incomplete"
+            with client.responses.stream(model=MODEL, input="Again.", max_output_tokens=MAX_TOKENS) as stream:
+                events = list(stream)
+            text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+            assert text.split() == ["tiny"] * MAX_TOKENS
+            assert events[-1].type == "response.incomplete"  # the token limit, as OpenAI reports it
 
 
 def test_stopping_gatewayd_stops_its_llama_server(managed_config: Path, tmp_path: Path) -> None:

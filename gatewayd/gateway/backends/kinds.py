@@ -11,13 +11,17 @@ from typing import Any
 from gatewayd.config import Backend, BackendKind
 from gatewayd.gateway.core.metadata import ModelInfo, from_ollama_tag, from_openai_model
 from gatewayd.gateway.core.profile import DialectProfile
-from gatewayd.gateway.dialects import ollama, openai_chat
+from gatewayd.gateway.dialects import anthropic, ollama, openai_chat
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def bearer_auth(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
+
+
+def anthropic_auth(api_key: str) -> dict[str, str]:
+    return {"x-api-key": api_key}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,15 @@ KINDS: Mapping[BackendKind, Kind] = MappingProxyType(
         ),
         BackendKind.OLLAMA: Kind(
             ollama.OLLAMA, "/api/version", "/api/tags", ollama.model_ids, _ollama_listed_info
+        ),
+        BackendKind.ANTHROPIC: Kind(
+            anthropic.ANTHROPIC,
+            "/v1/models",
+            "/v1/models",
+            anthropic.model_ids,
+            _openai_listed_info,
+            auth=anthropic_auth,
+            headers=MappingProxyType({"anthropic-version": anthropic.ANTHROPIC_VERSION}),
         ),
     }
 )

@@ -43,6 +43,9 @@ class DialectProfile(abc.ABC):
     #: bytes present in every stream event that may carry token counts: only those are parsed when a
     #: stream is relayed as bytes
     usage_mark: bytes
+    #: request headers (lower-case) a passed-through request keeps: they change what the body means to a
+    #: backend of the same dialect (Anthropic's ``anthropic-beta``)
+    forwarded_headers: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:
         return f"<dialect {self.name}>"

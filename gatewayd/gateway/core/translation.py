@@ -164,6 +164,8 @@ class CodecTranslator(Translator):
         super().__init__(client, upstream, client_model=client_model)
         self._client, self._backend = codecs
         self.upstream_path = self._backend.path
+        #: the client's codec, for the edge to read what it kept (tools left out, a conversation to store)
+        self.client_codec = self._client
         #: the last whole answer decoded by ``usage``, reused by ``response`` (the relay calls both)
         self._decoded: tuple[object, ChatResponse] | None = None
 

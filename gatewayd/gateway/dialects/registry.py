@@ -9,6 +9,9 @@ reaches a backend of any dialect.
     ollama.generate        /api/generate          OLLAMA    ollama.GenerateClient (chat-only backends)
     ollama.embed           /api/embed             OLLAMA    -
     ollama.embeddings      /api/embeddings        OLLAMA    - (legacy, single prompt)
+    openai.responses       /v1/responses          RESPONSES openai_responses.ResponsesClient
+    anthropic.messages     /v1/messages           ANTHROPIC anthropic.AnthropicClient
+    anthropic.count_tokens /v1/messages/count_tokens ANTHROPIC - (answered by the edge: token_count)
 
 ``translator(api, backend_dialect)`` picks the request's ``Translator``: a ``Passthrough`` when the
 backend speaks the endpoint's dialect, else a direct translator where one is listed (``DIRECT``), else
@@ -28,15 +31,25 @@ from gatewayd.gateway.core.codec import BackendCodec, ClientCodec
 from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.profile import DialectProfile
 from gatewayd.gateway.core.translation import CodecTranslator, Passthrough, Translator
-from gatewayd.gateway.dialects import completions, embeddings, ollama, openai_chat
+from gatewayd.gateway.dialects import (
+    anthropic,
+    completions,
+    embeddings,
+    ollama,
+    openai_chat,
+    openai_responses,
+)
+from gatewayd.gateway.dialects.anthropic import ANTHROPIC
 from gatewayd.gateway.dialects.ollama import OLLAMA
 from gatewayd.gateway.dialects.openai_chat import OPENAI
+from gatewayd.gateway.dialects.openai_responses import RESPONSES
 
 
 class Operation(enum.Enum):
     CHAT = "chat"  # messages in, an assistant message out: translated through core.chat
     COMPLETION = "completion"  # a prompt in, text out
     EMBEDDING = "embedding"  # text in, vectors out; never streamed, admitted ahead of generations
+    COUNT_TOKENS = "count_tokens"  # a prompt's token count: never streamed, not relayed as such
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +75,9 @@ class Api(enum.StrEnum):
     OLLAMA_GENERATE = "ollama.generate"
     OLLAMA_EMBED = "ollama.embed"
     OLLAMA_EMBEDDINGS = "ollama.embeddings"
+    OPENAI_RESPONSES = "openai.responses"
+    ANTHROPIC_MESSAGES = "anthropic.messages"
+    ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens"
 
     @property
     def endpoint(self) -> Endpoint:
@@ -86,7 +102,7 @@ class Api(enum.StrEnum):
     def wants_stream(self, body: Mapping[str, Any]) -> bool:
         """Whether the client asked for a streamed answer (embeddings never stream)."""
         endpoint = ENDPOINTS[self]
-        return endpoint.operation is not Operation.EMBEDDING and endpoint.dialect.wants_stream(body)
+        return endpoint.operation in _STREAMABLE and endpoint.dialect.wants_stream(body)
 
 
 ENDPOINTS: Mapping[Api, Endpoint] = MappingProxyType(
@@ -106,15 +122,27 @@ ENDPOINTS: Mapping[Api, Endpoint] = MappingProxyType(
         ),
         Api.OLLAMA_EMBED: Endpoint("/api/embed", OLLAMA, Operation.EMBEDDING),
         Api.OLLAMA_EMBEDDINGS: Endpoint("/api/embeddings", OLLAMA, Operation.EMBEDDING),
+        Api.OPENAI_RESPONSES: Endpoint(
+            "/v1/responses",
+            RESPONSES,
+            Operation.CHAT,
+            openai_responses.keepalive,
+            openai_responses.ResponsesClient,
+        ),
+        Api.ANTHROPIC_MESSAGES: Endpoint(
+            "/v1/messages", ANTHROPIC, Operation.CHAT, anthropic.keepalive, anthropic.AnthropicClient
+        ),
+        Api.ANTHROPIC_COUNT_TOKENS: Endpoint("/v1/messages/count_tokens", ANTHROPIC, Operation.COUNT_TOKENS),
     }
 )
+_STREAMABLE = frozenset({Operation.CHAT, Operation.COMPLETION})
 
 #: POST paths of the endpoints, and the API each one speaks
 ROUTES: Mapping[str, Api] = MappingProxyType({endpoint.path: api for api, endpoint in ENDPOINTS.items()})
 
 #: a backend dialect -> a fresh codec for a chat request sent to it
 BACKEND_CHAT: Mapping[DialectProfile, Callable[[], BackendCodec]] = MappingProxyType(
-    {OPENAI: openai_chat.ChatBackend, OLLAMA: ollama.ChatBackend}
+    {OPENAI: openai_chat.ChatBackend, OLLAMA: ollama.ChatBackend, ANTHROPIC: anthropic.AnthropicBackend}
 )
 
 #: (client endpoint, backend dialect) -> a direct translator, where the request does not go through core.chat
@@ -131,7 +159,7 @@ DIRECT: Mapping[tuple[Api, DialectProfile], Callable[..., Translator]] = Mapping
 
 #: path prefixes -> the dialect errors of other (non-inference) routes under them speak; the longest match
 #: wins, OpenAI's shape elsewhere
-PATH_DIALECTS: tuple[tuple[str, DialectProfile], ...] = (("/api/", OLLAMA),)
+PATH_DIALECTS: tuple[tuple[str, DialectProfile], ...] = (("/api/", OLLAMA), ("/v1/messages", ANTHROPIC))
 
 
 DEFAULT_DIALECT: DialectProfile = OPENAI

@@ -54,7 +54,8 @@ def uncommented_examples(template: str) -> str:
 def test_the_commented_examples_load_when_uncommented(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(uncommented_examples(template_text()))
-    config = load(path, environ={"OPENAI_API_KEY": "sk-test", "GATEWAYD_CI_KEY": "gwd-test"}).config
+    environ = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant-test", "GATEWAYD_CI_KEY": "gwd-test"}
+    config = load(path, environ=environ).config
     assert {backend.kind for backend in config.backends} == set(BackendKind)
     assert any(len(route.targets) > 1 for route in config.routes)
     assert any(backend.api_key == "sk-test" for backend in config.backends)

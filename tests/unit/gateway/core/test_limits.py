@@ -19,6 +19,7 @@ from gatewayd.gateway.core.limits import (
     format_duration,
 )
 from gatewayd.gateway.core.profile import DialectProfile
+from gatewayd.gateway.dialects.anthropic import ANTHROPIC
 from gatewayd.gateway.dialects.ollama import OLLAMA
 from gatewayd.gateway.dialects.openai_chat import OPENAI
 
@@ -410,7 +411,7 @@ def test_a_refusal_carries_the_headers_and_retry_after_ms() -> None:
     }
 
 
-@pytest.mark.parametrize("dialect", [OPENAI, OLLAMA])
+@pytest.mark.parametrize("dialect", [OPENAI, OLLAMA, ANTHROPIC])
 def test_refusals_are_429_and_402_in_both_dialects_and_the_message_stands_alone(
     dialect: DialectProfile,
 ) -> None:
@@ -422,6 +423,8 @@ def test_refusals_are_429_and_402_in_both_dialects_and_the_message_stands_alone(
     body = json.loads(dialect.error_body(error))
     if dialect is OLLAMA:
         assert body == {"error": "key 'ci' is over its limit of 1 requests per minute; retry in 12 s"}
+    elif dialect is ANTHROPIC:
+        assert body["error"]["type"] == "rate_limit_error"
     else:
         assert body["error"]["code"] == "rate_limit_exceeded"
     assert dialect.error_status(BudgetExceeded("spent")) == 402

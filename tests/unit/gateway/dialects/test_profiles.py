@@ -20,8 +20,10 @@ from gatewayd.errors import (
 from gatewayd.gateway.backends.kinds import KINDS
 from gatewayd.gateway.core.framing import SSE_DONE, Framing, encode, encode_ndjson, encode_sse
 from gatewayd.gateway.core.profile import MAX_UPSTREAM_ERROR_CHARS
+from gatewayd.gateway.dialects.anthropic import ANTHROPIC
 from gatewayd.gateway.dialects.ollama import OLLAMA
 from gatewayd.gateway.dialects.openai_chat import OPENAI
+from gatewayd.gateway.dialects.openai_responses import RESPONSES
 from gatewayd.gateway.dialects.registry import Api
 from tests.unit.gateway.dialects.harness import drain, ollama_client, openai_client
 
@@ -30,8 +32,10 @@ CHAT = [{"role": "user", "content": "hi"}]
 
 def test_api_knows_its_dialect_path_framing_and_kind() -> None:
     for api in Api:
-        assert api.path.startswith("/v1/" if api.dialect is OPENAI else "/api/")
-        assert api.framing is (Framing.SSE if api.dialect is OPENAI else Framing.NDJSON)
+        assert api.path.startswith("/api/" if api.dialect is OLLAMA else "/v1/")
+        assert api.framing is (Framing.NDJSON if api.dialect is OLLAMA else Framing.SSE)
+    assert Api.ANTHROPIC_MESSAGES.dialect is ANTHROPIC
+    assert Api.OPENAI_RESPONSES.dialect is RESPONSES
     assert Api.OPENAI_CHAT.path == "/v1/chat/completions"
     assert Api.OLLAMA_EMBEDDINGS.path == "/api/embeddings"
     assert {api for api in Api if api.is_embedding} == {
@@ -45,6 +49,7 @@ def test_backend_dialect() -> None:
     assert KINDS[BackendKind.OLLAMA].dialect is OLLAMA
     for kind in (BackendKind.OPENAI, BackendKind.LLAMA_SERVER, BackendKind.VLLM):
         assert KINDS[kind].dialect is OPENAI
+    assert KINDS[BackendKind.ANTHROPIC].dialect is ANTHROPIC
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.profile import DialectProfile, Payload
 from gatewayd.gateway.core.translation import CodecTranslator, Passthrough
 from gatewayd.gateway.core.usage import Usage
+from gatewayd.gateway.dialects.anthropic import ANTHROPIC
 from gatewayd.gateway.dialects.ollama import OLLAMA
 from gatewayd.gateway.dialects.openai_chat import OPENAI
 from gatewayd.gateway.dialects.registry import ENDPOINTS, ROUTES, Api, Operation, dialect_of_path, translator
@@ -45,7 +46,8 @@ def test_every_endpoint_is_routed_and_chat_endpoints_have_a_codec() -> None:
     assert {ROUTES[endpoint.path] for endpoint in ENDPOINTS.values()} == set(Api)
     for api, endpoint in ENDPOINTS.items():
         assert endpoint.client_codec is not None or endpoint.operation is not Operation.CHAT, api
-        assert (endpoint.keepalive is not None) is (endpoint.operation is not Operation.EMBEDDING), api
+        never_streamed = endpoint.operation in (Operation.EMBEDDING, Operation.COUNT_TOKENS)
+        assert (endpoint.keepalive is not None) is not never_streamed, api
 
 
 def test_same_dialect_passes_through_and_chat_across_dialects_goes_through_the_codecs() -> None:
@@ -64,6 +66,7 @@ def test_errors_of_other_routes_speak_the_dialect_of_their_path() -> None:
     assert dialect_of_path("/api/tags") is OLLAMA
     assert dialect_of_path("/v1/models") is OPENAI
     assert dialect_of_path("/status") is OPENAI
+    assert dialect_of_path("/v1/messages/batches") is ANTHROPIC
 
 
 def test_each_backend_kind_names_its_dialect_and_sends_its_key_as_a_bearer_token() -> None:
@@ -72,6 +75,9 @@ def test_each_backend_kind_names_its_dialect_and_sends_its_key_as_a_bearer_token
         BackendKind.LLAMA_SERVER: OPENAI,
         BackendKind.VLLM: OPENAI,
         BackendKind.OLLAMA: OLLAMA,
+        BackendKind.ANTHROPIC: ANTHROPIC,
     }
     assert auth_headers(Backend(id="b", url="http://h", api_key="sk-1")) == {"Authorization": "Bearer sk-1"}
     assert auth_headers(Backend(id="b", url="http://h")) == {}
+    hosted = Backend(id="b", url="http://h", api_key="sk-1", kind=BackendKind.ANTHROPIC)
+    assert auth_headers(hosted) == {"anthropic-version": "2023-06-01", "x-api-key": "sk-1"}
