@@ -11,6 +11,11 @@ callback on the listener's fd (``loop.add_reader``), so stopping is ``remove_rea
 ``Server.close()`` and therefore no reset of connections accepted in the same batch (CPython issue 109564).
 The shutdown order is the reverse of hypercorn's stock one: stop accepting, let the caller settle, then close
 idle keep-alive connections, then wait (bounded) for the rest.
+
+Every connection is tracked by phase (``connections``): a ``TCPServer`` subclass notes hypercorn's
+``Updated`` events (a request head is complete / the connection went idle) and a ``StreamReader`` subclass
+notes the first bytes of a next request. That is what ``server.header_timeout_seconds`` and
+``server.max_connections`` act on.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import enum
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
@@ -28,8 +34,12 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Event as HypercornEvent
+from hypercorn.events import Updated
 
 from gatewayd.config import ServerSettings
+from gatewayd.supervisor.connections import Connection, Connections, Phase
+from gatewayd.supervisor.fdlimit import RESERVED_FDS, connection_cap, open_file_limit
 
 log = logging.getLogger("gatewayd.server")
 
@@ -42,6 +52,16 @@ ASGIApp = Callable[
 ACCEPT_BATCH_SIZE = 64
 #: after an accept() error such as EMFILE, accepting pauses this long instead of spinning
 ACCEPT_ERROR_PAUSE_SECONDS = 0.5
+#: the header timeout is checked at least this often (and at most this precisely: a late head is closed
+#: within this long after its deadline)
+HEADER_CHECK_MAX_INTERVAL_SECONDS = 1.0
+HEADER_CHECK_MIN_INTERVAL_SECONDS = 0.01
+_REFUSED_BODY = b'{"error":"gatewayd is at server.max_connections and every connection is busy; retry"}'
+#: written to a connection refused at server.max_connections while every connection is busy
+REFUSED_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n\r\n" + _REFUSED_BODY
+)
 
 
 class ServerState(enum.Enum):
@@ -63,6 +83,58 @@ def hypercorn_config(settings: ServerSettings) -> HypercornConfig:
     return config
 
 
+class _TrackingReader(asyncio.StreamReader):
+    """A connection's StreamReader that tells its ``Connection`` when bytes arrive (hypercorn reads only
+    through ``read``)."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__()
+        self._connection = connection
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await super().read(n)
+        if data:
+            self._connection.data_received()
+        return data
+
+
+class _TrackingTCPServer(TCPServer):
+    """hypercorn's per-connection driver, telling its ``Connection`` when a request head is complete
+    (``Updated(idle=False)``) and when the connection goes idle between requests (``Updated(idle=True)``)."""
+
+    connection: Connection
+
+    async def protocol_send(self, event: HypercornEvent) -> None:
+        if isinstance(event, Updated):
+            if event.idle:
+                self.connection.response_done()
+            else:
+                self.connection.head_complete()
+        await super().protocol_send(event)
+
+
+class _Burst:
+    """Logs the first of a run of like events and, when the run ends, how many there were: a flood makes two
+    log lines, not one per event."""
+
+    __slots__ = ("_first", "_last", "count")
+
+    def __init__(self, first: str, last: str) -> None:
+        self._first = first
+        self._last = last
+        self.count = 0
+
+    def hit(self, *args: object) -> None:
+        if self.count == 0:
+            log.warning(self._first, *args)
+        self.count += 1
+
+    def end(self) -> None:
+        if self.count:
+            log.warning(self._last, self.count)
+            self.count = 0
+
+
 class HttpServer:
     """Serves one ASGI app on a listening socket it does not own.
 
@@ -70,6 +142,11 @@ class HttpServer:
     ``close_idle()`` closes idle keep-alive connections (and makes busy ones close after their current
     response); ``wait_closed(timeout)`` waits, bounded, for the connection count to reach 0; cancelling the
     ``serve()`` task cancels every connection task (connections are aborted) and returns.
+
+    Connections: a connection that has not sent a complete request head within ``header_timeout_seconds``
+    (from its accept, or from the first byte of its next request) is closed. At ``max_connections``, a new
+    connection closes the oldest one without a complete request head (else the oldest idle one); when every
+    connection is busy, the new one gets a 503 and is closed (see ``gatewayd.supervisor.connections``).
 
     The listening socket must be non-blocking; it is never closed here.
     """
@@ -84,9 +161,21 @@ class HttpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._connections = 0
+        self._tracked = Connections()
         #: set when the last connection closes; created on demand (anyio needs a running loop)
         self._no_connections: anyio.Event | None = None
         self._paused_handle: asyncio.TimerHandle | None = None
+        self._header_timeout = settings.header_timeout_seconds
+        self._max_connections = self._connection_cap(settings)
+        self._accept_errors = _Burst(
+            "accept() failed: %s; accepting pauses and resumes every %.1fs until it works again",
+            "accept() works again after %d failures",
+        )
+        self._at_cap = _Burst(
+            "%d connections open (server.max_connections): new connections close the oldest ones that have "
+            "sent no complete request, or are refused while every connection is busy",
+            "below server.max_connections again; %d connections were closed or refused at the cap",
+        )
 
     @property
     def state(self) -> ServerState:
@@ -97,13 +186,35 @@ class HttpServer:
         """Open client connections (accepted and not yet closed)."""
         return self._connections
 
+    @property
+    def max_connections(self) -> int:
+        """The connection cap in force (``server.max_connections``, or derived from the open-file limit)."""
+        return self._max_connections
+
     def apply_settings(self, settings: ServerSettings) -> None:
         """Apply a reloaded config's connection settings: the keep-alive timeout (from each connection's next
-        idle period) and the listen backlog (re-listen). The address cannot change without a new socket."""
+        idle period), the header timeout and the connection cap (from now on), and the listen backlog
+        (re-listen). The address cannot change without a new socket."""
         self._config.keep_alive_timeout = settings.keep_alive_timeout_seconds
+        self._header_timeout = settings.header_timeout_seconds
+        self._max_connections = self._connection_cap(settings)
         if settings.backlog != self._config.backlog:
             self._listener.listen(settings.backlog)
             self._config.backlog = settings.backlog
+
+    @staticmethod
+    def _connection_cap(settings: ServerSettings) -> int:
+        open_files = open_file_limit()
+        cap = connection_cap(settings.max_connections, open_files)
+        if 2 * cap + RESERVED_FDS > open_files:
+            log.warning(
+                "server.max_connections is %d but the open-file limit is %d: busy connections could run out "
+                "of file descriptors; lower server.max_connections or raise the hard limit (ulimit -Hn, "
+                "LimitNOFILE= in the systemd unit)",
+                cap,
+                open_files,
+            )
+        return cap
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve until cancelled. Reports started once the accept reader is installed.
@@ -118,6 +229,7 @@ class HttpServer:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 self._state = ServerState.ACCEPTING
+                task_group.start_soon(self._enforce_header_timeout)
                 self._loop.add_reader(self._listener.fileno(), self._on_readable)
                 task_status.started()
                 await anyio.sleep_forever()
@@ -125,7 +237,6 @@ class HttpServer:
             self.stop_accepting()
             self._task_group = None
             self._state = ServerState.CLOSED
-
     def stop_accepting(self) -> None:
         """Stop taking new connections (remove the reader). Idempotent; open connections are unaffected and
         connections still in the kernel's queue stay there (for a respawned child, or until the socket
@@ -159,6 +270,15 @@ class HttpServer:
                 await self._no_connections.wait()
         return self._connections == 0
 
+    async def _enforce_header_timeout(self) -> None:
+        """Close connections whose request head is late, waking when the oldest one is due."""
+        while True:
+            _closed, due = self._tracked.close_late_heads(self._header_timeout)
+            wait = HEADER_CHECK_MAX_INTERVAL_SECONDS if due is None else due - time.monotonic()
+            await anyio.sleep(
+                min(max(wait, HEADER_CHECK_MIN_INTERVAL_SECONDS), HEADER_CHECK_MAX_INTERVAL_SECONDS)
+            )
+
     def _on_readable(self) -> None:
         task_group = self._task_group
         if task_group is None or self._state is not ServerState.ACCEPTING:
@@ -172,11 +292,17 @@ class HttpServer:
                 continue
             except OSError as error:
                 # EMFILE, ENFILE, ENOBUFS, ENOMEM: back off instead of spinning on a readable listener
-                log.error(
-                    "accept() failed: %s; pausing accepting for %.1fs", error, ACCEPT_ERROR_PAUSE_SECONDS
-                )
+                self._accept_errors.hit(error, ACCEPT_ERROR_PAUSE_SECONDS)
                 self._pause_accepting()
                 return
+            self._accept_errors.end()
+            if self._connections >= self._max_connections:
+                self._at_cap.hit(self._connections)
+                if not self._tracked.evict_one():
+                    _refuse(conn)
+                    continue
+            else:
+                self._at_cap.end()
             conn.setblocking(False)
             self._connections += 1
             task_group.start_soon(self._serve_connection, conn)
@@ -195,17 +321,34 @@ class HttpServer:
     async def _serve_connection(self, conn: socket.socket) -> None:
         """One connection, start to end. Never raises (an exception here would cancel the whole server)."""
         writer: asyncio.StreamWriter | None = None
+        tracked: Connection | None = None
         try:
-            reader, writer = await asyncio.open_connection(sock=conn)
             assert self._loop is not None
-            await TCPServer(
-                self._app, self._loop, self._config, self._context, self._lifespan_state, reader, writer
+            loop = self._loop
+
+            def close() -> None:
+                if writer is not None:
+                    writer.transport.abort()
+
+            tracked = self._tracked.add(close)
+            reader = _TrackingReader(tracked)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            if tracked.phase is Phase.CLOSED:  # evicted or timed out while the transport was set up
+                return
+            server = _TrackingTCPServer(
+                self._app, loop, self._config, self._context, self._lifespan_state, reader, writer
             )
+            server.connection = tracked
+            await server
         except OSError:
             pass  # the peer went away before or while we set up the connection
         except Exception:
             log.exception("connection handler failed")
         finally:
+            if tracked is not None:
+                tracked.forget()
             if writer is None:
                 conn.close()
             elif not writer.transport.is_closing():
@@ -214,3 +357,14 @@ class HttpServer:
             if self._connections == 0 and self._no_connections is not None:
                 self._no_connections.set()
                 self._no_connections = None
+
+
+def _refuse(conn: socket.socket) -> None:
+    """Answer a connection that cannot be served with a 503 (best effort, never blocking) and close it."""
+    try:
+        conn.setblocking(False)
+        conn.send(REFUSED_RESPONSE)
+    except OSError:
+        pass
+    finally:
+        conn.close()
