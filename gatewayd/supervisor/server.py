@@ -100,9 +100,17 @@ class _TrackingReader(asyncio.StreamReader):
 
 class _TrackingTCPServer(TCPServer):
     """hypercorn's per-connection driver, telling its ``Connection`` when a request head is complete
-    (``Updated(idle=False)``) and when the connection goes idle between requests (``Updated(idle=True)``)."""
+    (``Updated(idle=False)``) and when the connection goes idle between requests (``Updated(idle=True)``),
+    and ending the connection's task as soon as reading ends."""
 
     connection: Connection
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The peer closed (or we did): nothing more can arrive. hypercorn would keep this connection's task,
+        # and its memory, until the keep-alive timer fires (75 s by default) when the connection was idle or
+        # had not sent a request yet.
+        await self.idle_task.stop()
 
     async def protocol_send(self, event: HypercornEvent) -> None:
         if isinstance(event, Updated):
@@ -237,6 +245,7 @@ class HttpServer:
             self.stop_accepting()
             self._task_group = None
             self._state = ServerState.CLOSED
+
     def stop_accepting(self) -> None:
         """Stop taking new connections (remove the reader). Idempotent; open connections are unaffected and
         connections still in the kernel's queue stay there (for a respawned child, or until the socket
