@@ -97,6 +97,7 @@ class GatewayFactory:
                 relay,
                 metrics,
                 max_body_bytes=config.server.max_body_bytes,
+                max_json_depth=config.server.max_json_depth,
                 access_log_enabled=config.logging.access_log,
                 activity=self.activity,
                 guard=self.guard,
