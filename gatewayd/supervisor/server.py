@@ -83,6 +83,55 @@ def hypercorn_config(settings: ServerSettings) -> HypercornConfig:
     return config
 
 
+class CloseWhenBodyUnread:
+    """ASGI middleware: a response that starts before its request's body has been read to the end says
+    ``Connection: close``.
+
+    An app may answer before reading the body (a 401, 403 or 413 decided from the headers). hypercorn then
+    closes the connection after the response, since the rest of the body is still on the wire, but without
+    saying so: the client reuses the connection for its next request, which fails with "server disconnected".
+    Saying it lets the client open a new connection instead."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http" or not _has_body(scope["headers"]):
+            await self._app(scope, receive, send)
+            return
+        body_read = False
+
+        async def tracking_receive() -> Any:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read = True
+            return message
+
+        async def closing_send(message: Any) -> None:
+            if message["type"] == "http.response.start" and not body_read:
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        await self._app(scope, tracking_receive, closing_send)
+
+
+def _has_body(headers: Any) -> bool:
+    for name, value in headers:
+        if name == b"content-length":
+            return value.strip() != b"0"
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
 class _TrackingReader(asyncio.StreamReader):
     """A connection's StreamReader that tells its ``Connection`` when bytes arrive (hypercorn reads only
     through ``read``)."""
@@ -161,7 +210,7 @@ class HttpServer:
 
     def __init__(self, listener: socket.socket, app: ASGIApp, settings: ServerSettings) -> None:
         self._listener = listener
-        self._app = ASGIWrapper(cast(Any, app))
+        self._app = ASGIWrapper(cast(Any, CloseWhenBodyUnread(app)))
         self._config = hypercorn_config(settings)
         self._context = WorkerContext(None)
         self._lifespan_state: dict[str, Any] = {}
