@@ -1,0 +1,158 @@
+"""Slowloris benchmark: two floods of sockets that each send half a request head and then nothing.
+
+    .venv/bin/python -m bench.bench_slowloris                    # 2 floods of 20,000 sockets
+    .venv/bin/python -m bench.bench_slowloris --sockets 2000     # a quick look
+
+Starts the real ``gatewayd run`` (default server settings: header timeout 10 s, connection cap derived from
+the open-file limit) in front of a fake OpenAI backend, all on 127.0.0.1. Then, twice: opens ``--sockets``
+connections that each send ``GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n`` and nothing more, and with the flood
+still open measures how long a normal client waits for ``GET /healthz`` and for a chat completion (new
+connections each). It then waits (bounded) until gatewayd has closed the flood's connections. Prints, per
+flood: the time to open it, the good client's two times, gatewayd's open descriptors and RSS at the peak and
+after the flood, and the number of accept()-error and connection-cap log lines. This process raises its own
+open-file limit to fit the flood (it needs root to go past the hard limit; otherwise the flood is smaller, and
+the output says so). Exit status 1 if a good request took longer than the 1 s target or failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.support.fake_backend import running_fake_backend
+from tests.support.process import GatewaydProcess
+
+TARGET_SECONDS = 1.0
+PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+#: descriptors this process keeps for itself besides the flood
+OWN_FDS = 200
+MODEL = "bench-model"
+#: gatewayd closes the flood within its header timeout (10 s) plus this
+CLOSE_MARGIN_SECONDS = 20.0
+
+
+def raise_own_limit(wanted: int) -> int:
+    """Raise this process's open-file limit to ``wanted`` if it can; return the soft limit in force."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for new_hard in (max(hard, wanted), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, new_hard), new_hard))
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def open_flood(port: int, count: int) -> list[socket.socket]:
+    flood = []
+    for _ in range(count):
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(PARTIAL_HEAD)
+        except OSError:
+            continue  # closed at once by gatewayd to make room: the flood goes on
+        flood.append(sock)
+    return flood
+
+
+def good_client(url: str) -> tuple[float, float]:
+    """Seconds to an answer for GET /healthz and for a chat completion, each on a new connection."""
+    with httpx.Client(timeout=30) as client:
+        start = time.perf_counter()
+        assert client.get(url + "/healthz", headers={"Connection": "close"}).status_code == 200
+        healthz = time.perf_counter() - start
+    with httpx.Client(timeout=30) as client:
+        start = time.perf_counter()
+        response = client.post(
+            url + "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        chat = time.perf_counter() - start
+    assert response.status_code == 200, response.text
+    return healthz, chat
+
+
+def mib(process: psutil.Process) -> float:
+    return float(process.memory_info().rss) / 2**20
+
+
+def wait_closed(process: psutil.Process, baseline_fds: int, deadline: float) -> float:
+    """Wait until gatewayd holds no more descriptors than before the flood (+ a few); return the seconds."""
+    start = time.monotonic()
+    while process.num_fds() > baseline_fds + 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sockets", type=int, default=20_000)
+    parser.add_argument("--floods", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    limit = raise_own_limit(args.sockets + OWN_FDS)
+    sockets = min(args.sockets, limit - OWN_FDS)
+    if sockets < args.sockets:
+        print(f"open-file limit {limit}: flooding with {sockets} sockets instead of {args.sockets}")
+    ok = True
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-slowloris-") as tmp,
+        running_fake_backend(models=(MODEL,)) as fake,
+    ):
+        tmp_path = Path(tmp)
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            "discovery:\n  enabled: false\n"
+            f"backends:\n  - id: fake\n    url: {fake.url}\n    kind: openai\n    models: [{MODEL}]\n"
+        )
+        with GatewaydProcess.gatewayd(tmp_path, config) as gw:
+            gw.wait_ready()
+            url = f"http://127.0.0.1:{gw.port}"
+            process = psutil.Process(gw.pid)
+            good_client(url)  # warm the upstream pool
+            baseline_fds = process.num_fds()
+            print(f"gatewayd pid {gw.pid}: RSS {mib(process):.1f} MiB, {baseline_fds} fds before any flood")
+            for number in range(1, args.floods + 1):
+                start = time.monotonic()
+                flood = open_flood(gw.port, sockets)
+                opened = time.monotonic() - start
+                try:
+                    healthz, chat = good_client(url)
+                    peak_fds, peak_rss = process.num_fds(), mib(process)
+                    closed_in = wait_closed(
+                        process, baseline_fds, time.monotonic() + 10 + CLOSE_MARGIN_SECONDS
+                    )
+                finally:
+                    for sock in flood:
+                        sock.close()
+                time.sleep(0.5)
+                print(
+                    f"flood {number}: {len(flood)} sockets opened in {opened:.1f}s; with it open: "
+                    f"/healthz {healthz * 1000:.0f} ms, chat completion {chat * 1000:.0f} ms; "
+                    f"gatewayd at the peak {peak_fds} fds, {peak_rss:.1f} MiB; flood closed by gatewayd "
+                    f"{closed_in:.1f}s after the answers; after: {process.num_fds()} fds, "
+                    f"RSS {mib(process):.1f} MiB"
+                )
+                ok = ok and healthz <= TARGET_SECONDS and chat <= TARGET_SECONDS
+            log = gw.log_path.read_text(errors="replace")
+            print(
+                f"log lines: {log.count('accept() failed')} accept() failures, "
+                f"{log.count('server.max_connections')} about the connection cap"
+            )
+            gw.stop()
+    print("target met" if ok else f"a good request took longer than {TARGET_SECONDS:.0f}s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
