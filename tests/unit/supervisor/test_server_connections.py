@@ -216,3 +216,41 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(listener
             await stream.aclose()
             app.release.set()
         assert server.connections <= 2
+
+
+class EarlyAnswer:
+    """Answers 403 without reading the request body, as an auth check does."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        status = 403 if scope["path"] == "/refuse" else 200
+        if status == 200:
+            while (await receive()).get("more_body"):
+                pass
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"no" if status == 403 else b"ok"})
+
+
+async def test_an_answer_before_the_body_is_read_closes_the_connection_and_says_so(
+    listener: socket.socket,
+) -> None:
+    server = HttpServer(listener, EarlyAnswer(), ServerSettings())
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        stream = await connect(listener)
+        # the head first, the body a moment later: the app has answered before the body arrives
+        await stream.send(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        with anyio.fail_after(DEADLINE):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive()
+        assert head.startswith(b"HTTP/1.1 403")
+        assert b"connection: close" in head.lower()  # else a client reuses a connection about to close
+        await stream.aclose()
+        async with httpx.AsyncClient() as client:  # a body read to the end keeps the connection
+            response = await client.post(url(listener, "/ok"), content=b"hello")
+            assert response.headers.get("connection") != "close"
+            assert (await client.post(url(listener, "/ok"), content=b"again")).text == "ok"
+            assert server.connections == 1
+        tg.cancel_scope.cancel()
