@@ -219,6 +219,8 @@ class HttpServer:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._connections = 0
         self._tracked = Connections()
+        #: accepted connections whose task has not started (and so is not tracked) yet
+        self._starting = 0
         #: set when the last connection closes; created on demand (anyio needs a running loop)
         self._no_connections: anyio.Event | None = None
         self._paused_handle: asyncio.TimerHandle | None = None
@@ -229,7 +231,7 @@ class HttpServer:
             "accept() works again after %d failures",
         )
         self._at_cap = _Burst(
-            "%d connections open (server.max_connections): new connections close the oldest ones that have "
+            "at server.max_connections (%d): new connections close the oldest ones that have "
             "sent no complete request, or are refused while every connection is busy",
             "below server.max_connections again; %d connections were closed or refused at the cap",
         )
@@ -354,8 +356,9 @@ class HttpServer:
                 self._pause_accepting()
                 return
             self._accept_errors.end()
-            if self._connections >= self._max_connections:
-                self._at_cap.hit(self._connections)
+            # connections closed to make room may take a few loop iterations to end: not counted here
+            if len(self._tracked) + self._starting >= self._max_connections:
+                self._at_cap.hit(self._max_connections)
                 if not self._tracked.evict_one():
                     _refuse(conn)
                     continue
@@ -363,6 +366,7 @@ class HttpServer:
                 self._at_cap.end()
             conn.setblocking(False)
             self._connections += 1
+            self._starting += 1
             task_group.start_soon(self._serve_connection, conn)
 
     def _pause_accepting(self) -> None:
@@ -388,6 +392,7 @@ class HttpServer:
                 if writer is not None:
                     writer.transport.abort()
 
+            self._starting -= 1
             tracked = self._tracked.add(close)
             reader = _TrackingReader(tracked)
             protocol = asyncio.StreamReaderProtocol(reader)
