@@ -55,6 +55,15 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = ()
     #: origins (scheme://host[:port]) of web pages on other sites that may call gatewayd (CORS); "*": any
     cors_origins: tuple[str, ...] = ()
+    #: a connection whose request head (request line and headers) is not complete this long after its accept,
+    #: or after the first byte of its next request, is closed. Bodies and responses are not bounded by it.
+    header_timeout_seconds: float = 10.0
+    #: open client connections at most; at the cap a new connection closes the oldest one that has sent no
+    #: complete request head (else the oldest idle one), or is refused with 503 while all are busy.
+    #: None: derived from the open-file limit (half of it less 256 descriptors, at most 4096)
+    max_connections: int | None = None
+    #: request JSON nested deeper than this (arrays and objects) is refused with 400
+    max_json_depth: int = 128
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,14 @@ path (``{"error": ...}`` under /api, OpenAI error objects everywhere else). Ever
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from quart import Quart, Response, jsonify, request
+from quart import Quart, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gatewayd import __version__
@@ -25,6 +26,7 @@ from gatewayd.errors import AdminRequired, BadRequest, HttpError, ModelNotFound,
 from gatewayd.gateway.core.health import BackendState
 from gatewayd.gateway.core.metadata import ollama_show as ollama_show_body
 from gatewayd.gateway.core.metadata import ollama_tag, openai_fields
+from gatewayd.gateway.core.requestbody import parse_json
 from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.dialects.anthropic import ANTHROPIC
 from gatewayd.gateway.guard import Guard
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 #: the Ollama version reported by /api/version; clients compare it against the features they need
 OLLAMA_COMPATIBLE_VERSION = "0.9.0"
+
+log = logging.getLogger("gatewayd.app")
 
 
 #: answered to anyone: liveness and readiness probes, the status page's shell (its data needs a key),
@@ -84,7 +88,7 @@ def create_app(
 
     @app.after_request
     async def add_request_id(response: Response) -> Response:
-        response.headers["X-Request-Id"] = request_id(request.headers.get("X-Request-Id"))
+        response.headers["X-Request-Id"] = _request_id()
         return response
 
     @app.get("/healthz")
@@ -172,11 +176,7 @@ def create_app(
     async def admin_create_key() -> tuple[Response, int] | Response:
         """Create a key from a JSON body (name, and optionally models, rpm, tpm, max_concurrency,
         budget_tokens, expires); the answer holds the key, this once."""
-        body = await request.get_json(silent=True)
-        try:
-            record, secret = await guard.create_key(body)
-        except RequestError as error:
-            return _error_response(error)
+        record, secret = await guard.create_key(await _json_body())
         return jsonify({**record.public(), "key": secret}), 201
 
     @app.delete("/admin/keys/<ref>")
@@ -270,9 +270,7 @@ def create_app(
         """What Ollama's clients ask before they use a model (``ollama run`` first of all): what its
         backend said about it (capabilities, context length, template...), for any model gatewayd routes;
         what the backend did not say is left out. 404 in Ollama's shape for another name."""
-        row = await _requested_model()
-        if isinstance(row, Response):
-            return row
+        row = _requested_model(await _json_body())
         backends = ", ".join(b["backend"] for b in row["backends"])
         shown = ollama_show_body(generation.pool.inventory.describe(row["name"]))
         return jsonify({"modelfile": f"# served by gatewayd from {backends}", **shown})
@@ -281,34 +279,56 @@ def create_app(
     async def ollama_pull() -> Response:
         """gatewayd does not download models: a model it routes is already "pulled" (success, as Ollama
         answers for a model it has); any other name is a 404 saying how to serve it."""
-        row = await _requested_model()
-        if isinstance(row, Response):
-            return row
-        body = await request.get_json(silent=True)
+        body = await _json_body()
+        _requested_model(body)
         success = {"status": "success"}
-        if isinstance(body, dict) and body.get("stream") is False:
+        if body.get("stream") is False:
             return jsonify(success)
         return Response(json.dumps(success) + "\n", content_type="application/x-ndjson")
 
-    async def _requested_model() -> dict[str, Any] | Response:
-        body = await request.get_json(silent=True)
+    async def _json_body() -> Any:
+        """The request's JSON body, whatever its Content-Type (curl sends a JSON body as a form by default,
+        and the inference endpoints accept that too). Raises BadRequest for malformed input."""
+        raw = await request.get_data(as_text=False)
+        assert isinstance(raw, bytes)
+        return parse_json(raw, generation.config.server.max_json_depth)
+
+    def _requested_model(body: Any) -> dict[str, Any]:
+        """The model row a /api/show or /api/pull body names. Raises BadRequest or ModelNotFound."""
         name = (body.get("model") or body.get("name")) if isinstance(body, dict) else None
         if not isinstance(name, str) or not name:
-            return _error_response(BadRequest("'model' is required", param="model"))
+            raise BadRequest("'model' is required and must be a non-empty string", param="model")
         rows = {row["name"]: row for row in generation.model_rows()}
         for alias in (name, name.removesuffix(":latest"), f"{name}:latest"):
             if alias in rows:
                 return rows[alias]
-        return _error_response(
-            ModelNotFound(
-                f"model '{name}' is not served by gatewayd; gatewayd does not pull models: declare a backend "
-                "or a route that serves it"
-            )
+        raise ModelNotFound(
+            f"model '{name}' is not served by gatewayd; gatewayd does not pull models: declare a backend "
+            "or a route that serves it"
         )
 
     @app.get("/api/version")
     async def ollama_version() -> Response:
         return jsonify({"version": OLLAMA_COMPATIBLE_VERSION, "gatewayd": __version__})
+
+    @app.errorhandler(RequestError)
+    async def request_error(error: RequestError) -> Response:
+        return _error_response(error)
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> Response:
+        """Any other exception in a route or hook: a 500 in the path's dialect that gives the request id
+        (to find the traceback, logged here once), never Quart's bare 500."""
+        rid = _request_id()
+        log.error(
+            "unexpected error answering %s %s (request id %s)",
+            request.method,
+            request.path,
+            rid,
+            exc_info=error,
+        )
+        message = f"internal error in gatewayd (request id {rid}); its log has the details"
+        return _error_response(RequestError(message))  # the base class: 500, server_error
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
@@ -318,6 +338,13 @@ def create_app(
         return _error_response(HttpError(error.description or error.name, status=code))
 
     return app
+
+
+def _request_id() -> str:
+    """This request's id: the client's X-Request-Id if usable, else a fresh one, the same for every use."""
+    if "request_id" not in g:
+        g.request_id = request_id(request.headers.get("X-Request-Id"))
+    return str(g.request_id)
 
 
 def _scope_headers() -> list[tuple[bytes, bytes]]:

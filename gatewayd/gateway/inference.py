@@ -6,7 +6,6 @@ everything else goes through the Quart app in ``gatewayd.gateway.app``."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -28,6 +27,7 @@ from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.conversations import Conversations
 from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.limits import Grant
+from gatewayd.gateway.core.requestbody import check_fields, model_name, parse_json_object
 from gatewayd.gateway.core.requestid import request_id
 from gatewayd.gateway.core.translation import CodecTranslator
 from gatewayd.gateway.dialects.openai_responses import ResponsesClient
@@ -86,19 +86,13 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def parse_request(api: Api, raw: bytes) -> tuple[dict[str, Any], str]:
-    """The JSON object and its model name. Raises BadRequest saying what is wrong."""
-    try:
-        body = json.loads(raw)
-    except ValueError as error:
-        raise BadRequest(f"request body is not valid JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    model = body.get("model")
-    if model is None and api is Api.OLLAMA_EMBEDDINGS:
-        model = body.get("name")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+def parse_request(api: Api, raw: bytes, max_json_depth: int) -> tuple[dict[str, Any], str]:
+    """The JSON object and its model name, with the fields gatewayd reads checked. Raises BadRequest saying
+    what is wrong (and naming the field)."""
+    body = parse_json_object(raw, max_json_depth)
+    rules = api.endpoint.body
+    model = model_name(body, rules)
+    check_fields(body, rules)
     return body, model
 
 
@@ -159,6 +153,7 @@ class InferenceEndpoint:
         metrics: Metrics,
         *,
         max_body_bytes: int,
+        max_json_depth: int,
         access_log_enabled: bool,
         activity: Activity,
         guard: Guard,
@@ -174,6 +169,7 @@ class InferenceEndpoint:
         self._metrics = metrics
         self._activity = activity
         self._limit = max_body_bytes
+        self._max_json_depth = max_json_depth
         self._log = access_log_enabled
 
     async def __call__(self, api: Api, scope: Scope, receive: Receive, send: Send) -> None:
@@ -200,7 +196,7 @@ class InferenceEndpoint:
             try:  # the key is checked before the body is read
                 key = self._guard.authenticate(scope["headers"], api.dialect.api_key)
                 exchange.raw = await read_body(scope, receive, self._limit)
-                exchange.body, exchange.model = parse_request(api, exchange.raw)
+                exchange.body, exchange.model = parse_request(api, exchange.raw, self._max_json_depth)
                 exchange.stream = api.wants_stream(exchange.body)
                 grant = await self._guard.admit(key, exchange.model, len(exchange.raw))
                 if grant is not None:

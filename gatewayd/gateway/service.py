@@ -119,6 +119,7 @@ class GatewayFactory:
                 Lifecycle(relay, pool),  # Ollama's load/unload requests are answered before the relay
                 metrics,
                 max_body_bytes=config.server.max_body_bytes,
+                max_json_depth=config.server.max_json_depth,
                 access_log_enabled=config.logging.access_log,
                 activity=self.activity,
                 guard=self.guard,

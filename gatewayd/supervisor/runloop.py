@@ -44,6 +44,7 @@ from gatewayd.errors import EXIT_FAILURE, ReloadError, StartupError
 from gatewayd.supervisor.contract import GenerationFactory
 from gatewayd.supervisor.diagnostics import EventRing, write_bundle
 from gatewayd.supervisor.dispatcher import Dispatcher
+from gatewayd.supervisor.fdlimit import raise_open_file_limit
 from gatewayd.supervisor.forceexit import ForceExitWatchdog
 from gatewayd.supervisor.generations import END_STREAMS_GRACE_SECONDS, GenerationRunner
 from gatewayd.supervisor.instance import InstanceState
@@ -111,6 +112,7 @@ def run(factory: GenerationFactory, options: RunOptions) -> int:
 
 def _run(factory: GenerationFactory, options: RunOptions) -> int:
     started_at = time.time()
+    raise_open_file_limit()  # before anything opens files; the connection cap is derived from it
     inheritance = take_inheritance(options.environ)
     service_manager = ServiceManager(inheritance.service_manager) if inheritance else options.service_manager
     config = options.config if options.config is not None else factory.load_config(options.config_path)

@@ -11,6 +11,11 @@ callback on the listener's fd (``loop.add_reader``), so stopping is ``remove_rea
 ``Server.close()`` and therefore no reset of connections accepted in the same batch (CPython issue 109564).
 The shutdown order is the reverse of hypercorn's stock one: stop accepting, let the caller settle, then close
 idle keep-alive connections, then wait (bounded) for the rest.
+
+Every connection is tracked by phase (``connections``): a ``TCPServer`` subclass notes hypercorn's
+``Updated`` events (a request head is complete / the connection went idle) and a ``StreamReader`` subclass
+notes the first bytes of a next request. That is what ``server.header_timeout_seconds`` and
+``server.max_connections`` act on.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import enum
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
@@ -28,8 +34,12 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Event as HypercornEvent
+from hypercorn.events import Updated
 
 from gatewayd.config import ServerSettings
+from gatewayd.supervisor.connections import Connection, Connections, Phase
+from gatewayd.supervisor.fdlimit import RESERVED_FDS, connection_cap, open_file_limit
 
 log = logging.getLogger("gatewayd.server")
 
@@ -42,6 +52,16 @@ ASGIApp = Callable[
 ACCEPT_BATCH_SIZE = 64
 #: after an accept() error such as EMFILE, accepting pauses this long instead of spinning
 ACCEPT_ERROR_PAUSE_SECONDS = 0.5
+#: the header timeout is checked at least this often (and at most this precisely: a late head is closed
+#: within this long after its deadline)
+HEADER_CHECK_MAX_INTERVAL_SECONDS = 1.0
+HEADER_CHECK_MIN_INTERVAL_SECONDS = 0.01
+_REFUSED_BODY = b'{"error":"gatewayd is at server.max_connections and every connection is busy; retry"}'
+#: written to a connection refused at server.max_connections while every connection is busy
+REFUSED_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n\r\n" + _REFUSED_BODY
+)
 
 
 class ServerState(enum.Enum):
@@ -63,6 +83,115 @@ def hypercorn_config(settings: ServerSettings) -> HypercornConfig:
     return config
 
 
+class CloseWhenBodyUnread:
+    """ASGI middleware: a response that starts before its request's body has been read to the end says
+    ``Connection: close``.
+
+    An app may answer before reading the body (a 401, 403 or 413 decided from the headers). hypercorn then
+    closes the connection after the response, since the rest of the body is still on the wire, but without
+    saying so: the client reuses the connection for its next request, which fails with "server disconnected".
+    Saying it lets the client open a new connection instead."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http" or not _has_body(scope["headers"]):
+            await self._app(scope, receive, send)
+            return
+        body_read = False
+
+        async def tracking_receive() -> Any:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read = True
+            return message
+
+        async def closing_send(message: Any) -> None:
+            if message["type"] == "http.response.start" and not body_read:
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        await self._app(scope, tracking_receive, closing_send)
+
+
+def _has_body(headers: Any) -> bool:
+    for name, value in headers:
+        if name == b"content-length":
+            return value.strip() != b"0"
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+class _TrackingReader(asyncio.StreamReader):
+    """A connection's StreamReader that tells its ``Connection`` when bytes arrive (hypercorn reads only
+    through ``read``)."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__()
+        self._connection = connection
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await super().read(n)
+        if data:
+            self._connection.data_received()
+        return data
+
+
+class _TrackingTCPServer(TCPServer):
+    """hypercorn's per-connection driver, telling its ``Connection`` when a request head is complete
+    (``Updated(idle=False)``) and when the connection goes idle between requests (``Updated(idle=True)``),
+    and ending the connection's task as soon as reading ends."""
+
+    connection: Connection
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The peer closed (or we did): nothing more can arrive. hypercorn would keep this connection's task,
+        # and its memory, until the keep-alive timer fires (75 s by default) when the connection was idle or
+        # had not sent a request yet.
+        await self.idle_task.stop()
+
+    async def protocol_send(self, event: HypercornEvent) -> None:
+        if isinstance(event, Updated):
+            if event.idle:
+                self.connection.response_done()
+            else:
+                self.connection.head_complete()
+        await super().protocol_send(event)
+
+
+class _Burst:
+    """Logs the first of a run of like events and, when the run ends, how many there were: a flood makes two
+    log lines, not one per event."""
+
+    __slots__ = ("_first", "_last", "count")
+
+    def __init__(self, first: str, last: str) -> None:
+        self._first = first
+        self._last = last
+        self.count = 0
+
+    def hit(self, *args: object) -> None:
+        if self.count == 0:
+            log.warning(self._first, *args)
+        self.count += 1
+
+    def end(self) -> None:
+        if self.count:
+            log.warning(self._last, self.count)
+            self.count = 0
+
+
 class HttpServer:
     """Serves one ASGI app on a listening socket it does not own.
 
@@ -71,12 +200,17 @@ class HttpServer:
     response); ``wait_closed(timeout)`` waits, bounded, for the connection count to reach 0; cancelling the
     ``serve()`` task cancels every connection task (connections are aborted) and returns.
 
+    Connections: a connection that has not sent a complete request head within ``header_timeout_seconds``
+    (from its accept, or from the first byte of its next request) is closed. At ``max_connections``, a new
+    connection closes the oldest one without a complete request head (else the oldest idle one); when every
+    connection is busy, the new one gets a 503 and is closed (see ``gatewayd.supervisor.connections``).
+
     The listening socket must be non-blocking; it is never closed here.
     """
 
     def __init__(self, listener: socket.socket, app: ASGIApp, settings: ServerSettings) -> None:
         self._listener = listener
-        self._app = ASGIWrapper(cast(Any, app))
+        self._app = ASGIWrapper(cast(Any, CloseWhenBodyUnread(app)))
         self._config = hypercorn_config(settings)
         self._context = WorkerContext(None)
         self._lifespan_state: dict[str, Any] = {}
@@ -84,9 +218,23 @@ class HttpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._connections = 0
+        self._tracked = Connections()
+        #: accepted connections whose task has not started (and so is not tracked) yet
+        self._starting = 0
         #: set when the last connection closes; created on demand (anyio needs a running loop)
         self._no_connections: anyio.Event | None = None
         self._paused_handle: asyncio.TimerHandle | None = None
+        self._header_timeout = settings.header_timeout_seconds
+        self._max_connections = self._connection_cap(settings)
+        self._accept_errors = _Burst(
+            "accept() failed: %s; accepting pauses and resumes every %.1fs until it works again",
+            "accept() works again after %d failures",
+        )
+        self._at_cap = _Burst(
+            "at server.max_connections (%d): new connections close the oldest ones that have "
+            "sent no complete request, or are refused while every connection is busy",
+            "below server.max_connections again; %d connections were closed or refused at the cap",
+        )
 
     @property
     def state(self) -> ServerState:
@@ -97,13 +245,35 @@ class HttpServer:
         """Open client connections (accepted and not yet closed)."""
         return self._connections
 
+    @property
+    def max_connections(self) -> int:
+        """The connection cap in force (``server.max_connections``, or derived from the open-file limit)."""
+        return self._max_connections
+
     def apply_settings(self, settings: ServerSettings) -> None:
         """Apply a reloaded config's connection settings: the keep-alive timeout (from each connection's next
-        idle period) and the listen backlog (re-listen). The address cannot change without a new socket."""
+        idle period), the header timeout and the connection cap (from now on), and the listen backlog
+        (re-listen). The address cannot change without a new socket."""
         self._config.keep_alive_timeout = settings.keep_alive_timeout_seconds
+        self._header_timeout = settings.header_timeout_seconds
+        self._max_connections = self._connection_cap(settings)
         if settings.backlog != self._config.backlog:
             self._listener.listen(settings.backlog)
             self._config.backlog = settings.backlog
+
+    @staticmethod
+    def _connection_cap(settings: ServerSettings) -> int:
+        open_files = open_file_limit()
+        cap = connection_cap(settings.max_connections, open_files)
+        if 2 * cap + RESERVED_FDS > open_files:
+            log.warning(
+                "server.max_connections is %d but the open-file limit is %d: busy connections could run out "
+                "of file descriptors; lower server.max_connections or raise the hard limit (ulimit -Hn, "
+                "LimitNOFILE= in the systemd unit)",
+                cap,
+                open_files,
+            )
+        return cap
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Accept and serve until cancelled. Reports started once the accept reader is installed.
@@ -118,6 +288,7 @@ class HttpServer:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 self._state = ServerState.ACCEPTING
+                task_group.start_soon(self._enforce_header_timeout)
                 self._loop.add_reader(self._listener.fileno(), self._on_readable)
                 task_status.started()
                 await anyio.sleep_forever()
@@ -159,6 +330,15 @@ class HttpServer:
                 await self._no_connections.wait()
         return self._connections == 0
 
+    async def _enforce_header_timeout(self) -> None:
+        """Close connections whose request head is late, waking when the oldest one is due."""
+        while True:
+            _closed, due = self._tracked.close_late_heads(self._header_timeout)
+            wait = HEADER_CHECK_MAX_INTERVAL_SECONDS if due is None else due - time.monotonic()
+            await anyio.sleep(
+                min(max(wait, HEADER_CHECK_MIN_INTERVAL_SECONDS), HEADER_CHECK_MAX_INTERVAL_SECONDS)
+            )
+
     def _on_readable(self) -> None:
         task_group = self._task_group
         if task_group is None or self._state is not ServerState.ACCEPTING:
@@ -172,13 +352,21 @@ class HttpServer:
                 continue
             except OSError as error:
                 # EMFILE, ENFILE, ENOBUFS, ENOMEM: back off instead of spinning on a readable listener
-                log.error(
-                    "accept() failed: %s; pausing accepting for %.1fs", error, ACCEPT_ERROR_PAUSE_SECONDS
-                )
+                self._accept_errors.hit(error, ACCEPT_ERROR_PAUSE_SECONDS)
                 self._pause_accepting()
                 return
+            self._accept_errors.end()
+            # connections closed to make room may take a few loop iterations to end: not counted here
+            if len(self._tracked) + self._starting >= self._max_connections:
+                self._at_cap.hit(self._max_connections)
+                if not self._tracked.evict_one():
+                    _refuse(conn)
+                    continue
+            else:
+                self._at_cap.end()
             conn.setblocking(False)
             self._connections += 1
+            self._starting += 1
             task_group.start_soon(self._serve_connection, conn)
 
     def _pause_accepting(self) -> None:
@@ -195,17 +383,35 @@ class HttpServer:
     async def _serve_connection(self, conn: socket.socket) -> None:
         """One connection, start to end. Never raises (an exception here would cancel the whole server)."""
         writer: asyncio.StreamWriter | None = None
+        tracked: Connection | None = None
         try:
-            reader, writer = await asyncio.open_connection(sock=conn)
             assert self._loop is not None
-            await TCPServer(
-                self._app, self._loop, self._config, self._context, self._lifespan_state, reader, writer
+            loop = self._loop
+
+            def close() -> None:
+                if writer is not None:
+                    writer.transport.abort()
+
+            self._starting -= 1
+            tracked = self._tracked.add(close)
+            reader = _TrackingReader(tracked)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=conn)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            if tracked.phase is Phase.CLOSED:  # evicted or timed out while the transport was set up
+                return
+            server = _TrackingTCPServer(
+                self._app, loop, self._config, self._context, self._lifespan_state, reader, writer
             )
+            server.connection = tracked
+            await server
         except OSError:
             pass  # the peer went away before or while we set up the connection
         except Exception:
             log.exception("connection handler failed")
         finally:
+            if tracked is not None:
+                tracked.forget()
             if writer is None:
                 conn.close()
             elif not writer.transport.is_closing():
@@ -214,3 +420,14 @@ class HttpServer:
             if self._connections == 0 and self._no_connections is not None:
                 self._no_connections.set()
                 self._no_connections = None
+
+
+def _refuse(conn: socket.socket) -> None:
+    """Answer a connection that cannot be served with a 503 (best effort, never blocking) and close it."""
+    try:
+        conn.setblocking(False)
+        conn.send(REFUSED_RESPONSE)
+    except OSError:
+        pass
+    finally:
+        conn.close()

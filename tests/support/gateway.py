@@ -35,6 +35,8 @@ class RunningGateway:
     generation: GatewayGeneration
     factory: GatewayFactory
     _call: Callable[[Callable[[], Any]], Any]
+    #: the HTTP server (its connection count, its cap)
+    server: HttpServer | None = None
 
     @property
     def openai_url(self) -> str:
@@ -56,7 +58,7 @@ def running_gateway(config: Config, *, state_dir: Path | None = None) -> Iterato
     port = listener.getsockname()[1]
     config = replace(config, server=replace(config.server, port=port))
     factory = GatewayFactory(state_dir=state_dir or Path("/nonexistent"))
-    ready: Future[tuple[GatewayGeneration, Any]] = Future()
+    ready: Future[tuple[GatewayGeneration, Any, HttpServer]] = Future()
     stop = threading.Event()
 
     async def main() -> None:
@@ -70,7 +72,7 @@ def running_gateway(config: Config, *, state_dir: Path | None = None) -> Iterato
             server = HttpServer(listener, dispatcher, config.server)
             async with anyio.create_task_group() as tg:
                 await tg.start(server.serve)
-                ready.set_result((generation, token))
+                ready.set_result((generation, token, server))
                 while not stop.is_set():
                     await anyio.sleep(0.02)
                 tg.cancel_scope.cancel()
@@ -85,7 +87,7 @@ def running_gateway(config: Config, *, state_dir: Path | None = None) -> Iterato
 
     thread = threading.Thread(target=thread_main, name="gateway", daemon=True)
     thread.start()
-    generation, token = ready.result(timeout=10)
+    generation, token, server = ready.result(timeout=10)
 
     def call(fn: Callable[[], Any]) -> Any:
         async def run() -> Any:
@@ -94,7 +96,7 @@ def running_gateway(config: Config, *, state_dir: Path | None = None) -> Iterato
         return anyio.from_thread.run(run, token=token)
 
     try:
-        yield RunningGateway(f"http://127.0.0.1:{port}", port, generation, factory, call)
+        yield RunningGateway(f"http://127.0.0.1:{port}", port, generation, factory, call, server)
     finally:
         stop.set()
         thread.join(timeout=10)

@@ -30,6 +30,7 @@ from gatewayd.errors import BadRequest
 from gatewayd.gateway.core.codec import BackendCodec, ClientCodec
 from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.profile import DialectProfile
+from gatewayd.gateway.core.requestbody import BodyRules
 from gatewayd.gateway.core.translation import CodecTranslator, Passthrough, Translator
 from gatewayd.gateway.dialects import (
     anthropic,
@@ -52,6 +53,10 @@ class Operation(enum.Enum):
     COUNT_TOKENS = "count_tokens"  # a prompt's token count: never streamed, not relayed as such
 
 
+_NO_RULES = BodyRules()
+_OLLAMA_RULES = BodyRules(ollama_options=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A client-facing endpoint: its path, its dialect, what it does, and its dialect-specific parts."""
@@ -63,6 +68,8 @@ class Endpoint:
     keepalive: Callable[[str, str], bytes] | None = None
     #: endpoints translated through core.chat: a fresh client codec (one per request)
     client_codec: Callable[[], ClientCodec] | None = None
+    #: the fields of its body gatewayd checks before routing (``core.requestbody``)
+    body: BodyRules = _NO_RULES
 
 
 class Api(enum.StrEnum):
@@ -108,20 +115,40 @@ class Api(enum.StrEnum):
 ENDPOINTS: Mapping[Api, Endpoint] = MappingProxyType(
     {
         Api.OPENAI_CHAT: Endpoint(
-            "/v1/chat/completions", OPENAI, Operation.CHAT, openai_chat.keepalive, openai_chat.ChatClient
+            "/v1/chat/completions",
+            OPENAI,
+            Operation.CHAT,
+            openai_chat.keepalive,
+            openai_chat.ChatClient,
+            body=BodyRules(messages="required"),
         ),
         Api.OPENAI_COMPLETIONS: Endpoint(
             "/v1/completions", OPENAI, Operation.COMPLETION, openai_chat.keepalive
         ),
         Api.OPENAI_EMBEDDINGS: Endpoint("/v1/embeddings", OPENAI, Operation.EMBEDDING),
         Api.OLLAMA_CHAT: Endpoint(
-            "/api/chat", OLLAMA, Operation.CHAT, ollama.chat_keepalive, ollama.ChatClient
+            "/api/chat",
+            OLLAMA,
+            Operation.CHAT,
+            ollama.chat_keepalive,
+            ollama.ChatClient,
+            body=BodyRules(messages="optional", ollama_options=True),
         ),
         Api.OLLAMA_GENERATE: Endpoint(
-            "/api/generate", OLLAMA, Operation.COMPLETION, ollama.generate_keepalive, ollama.GenerateClient
+            "/api/generate",
+            OLLAMA,
+            Operation.COMPLETION,
+            ollama.generate_keepalive,
+            ollama.GenerateClient,
+            body=_OLLAMA_RULES,
         ),
-        Api.OLLAMA_EMBED: Endpoint("/api/embed", OLLAMA, Operation.EMBEDDING),
-        Api.OLLAMA_EMBEDDINGS: Endpoint("/api/embeddings", OLLAMA, Operation.EMBEDDING),
+        Api.OLLAMA_EMBED: Endpoint("/api/embed", OLLAMA, Operation.EMBEDDING, body=_OLLAMA_RULES),
+        Api.OLLAMA_EMBEDDINGS: Endpoint(
+            "/api/embeddings",
+            OLLAMA,
+            Operation.EMBEDDING,
+            body=BodyRules(ollama_options=True, model_in_name=True),
+        ),
         Api.OPENAI_RESPONSES: Endpoint(
             "/v1/responses",
             RESPONSES,
@@ -130,7 +157,12 @@ ENDPOINTS: Mapping[Api, Endpoint] = MappingProxyType(
             openai_responses.ResponsesClient,
         ),
         Api.ANTHROPIC_MESSAGES: Endpoint(
-            "/v1/messages", ANTHROPIC, Operation.CHAT, anthropic.keepalive, anthropic.AnthropicClient
+            "/v1/messages",
+            ANTHROPIC,
+            Operation.CHAT,
+            anthropic.keepalive,
+            anthropic.AnthropicClient,
+            body=BodyRules(messages="required"),
         ),
         Api.ANTHROPIC_COUNT_TOKENS: Endpoint("/v1/messages/count_tokens", ANTHROPIC, Operation.COUNT_TOKENS),
     }

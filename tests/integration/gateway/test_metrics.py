@@ -80,7 +80,12 @@ def test_every_metric_family_is_exported_with_its_labels_after_traffic(
         client.chat.completions.create(model=MODEL, messages=MESSAGES)
     with ollama.Client(host=gw.url) as client:
         list(client.chat(model=MODEL, messages=MESSAGES, stream=True))
-    assert httpx.post(gw.openai_url + "/chat/completions", json={"model": "nope"}).status_code == 404
+    assert (
+        httpx.post(
+            gw.openai_url + "/chat/completions", json={"model": "nope", "messages": MESSAGES}
+        ).status_code
+        == 404
+    )
 
     text, samples = scrape_once_counted(gw, 3)
 

@@ -80,3 +80,28 @@ def test_config_fields_we_set_still_exist() -> None:
     for name in ("keep_alive_timeout", "backlog", "accesslog", "errorlog", "include_server_header"):
         assert hasattr(config, name), f"hypercorn Config has no '{name}' any more; hypercorn_config() sets it"
     assert hasattr(tcp_server, "MAX_RECV")
+
+
+def test_connection_phases_can_still_be_followed() -> None:
+    """server.py's header timeout and connection cap follow each connection through hypercorn's Updated
+    events, the reads of its StreamReader and TCPServer's idle task."""
+    assert parameters(TCPServer.protocol_send) == ["self", "event"], (
+        f"TCPServer.protocol_send changed: {parameters(TCPServer.protocol_send)}; "
+        "_TrackingTCPServer overrides it"
+    )
+    assert parameters(TCPServer._read_data) == ["self"], (
+        "TCPServer._read_data changed; _TrackingTCPServer overrides it"
+    )
+    read_source = inspect.getsource(TCPServer._read_data)
+    assert "self.reader.read(" in read_source, (
+        "TCPServer._read_data no longer reads with StreamReader.read: "
+        "_TrackingReader would not see new requests"
+    )
+    h11_source = inspect.getsource(h11_protocol.H11Protocol)
+    for sent in ("Updated(idle=False)", "Updated(idle=True)"):
+        assert sent in h11_source, (
+            f"H11Protocol no longer sends {sent} when a request head is complete / the connection goes idle: "
+            "server.py's header timeout and eviction would misjudge every connection"
+        )
+    assert "idle_task" in inspect.getsource(TCPServer.__init__), "TCPServer has no idle_task any more"
+    assert inspect.iscoroutinefunction(WorkerContext.single_task_class.stop), "the idle task has no stop()"
