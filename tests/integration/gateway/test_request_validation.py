@@ -72,6 +72,11 @@ def assert_refused(response: httpx.Response, path: str, message_part: str, param
     if path.startswith("/api/"):
         assert list(body) == ["error"]
         assert message_part in body["error"]
+    elif path.startswith("/v1/messages"):  # Anthropic's error shape
+        assert body["type"] == "error"
+        assert set(body["error"]) == {"type", "message"}
+        assert message_part in body["error"]["message"]
+        assert body["error"]["type"] == "invalid_request_error"
     else:
         assert set(body["error"]) == {"message", "type", "param", "code"}
         assert message_part in body["error"]["message"]
@@ -157,11 +162,13 @@ def test_an_empty_message_list_is_a_400_on_openai_chat(gw: RunningGateway) -> No
 
 
 def test_an_empty_message_list_is_not_refused_on_ollama_chat(gw: RunningGateway, setup: Setup) -> None:
-    # Ollama takes /api/chat with no messages as a request to load the model: gatewayd does not refuse it
-    # (what the backend answers is its own business)
+    # Ollama takes /api/chat with no messages as a request to load the model: gatewayd does not refuse it,
+    # and answers it itself (a load, not a generation: nothing goes upstream)
     before = relayed(setup)
-    post(gw, "/api/chat", {"model": MODEL, "messages": [], "stream": False})
-    assert relayed(setup) == before + 1
+    response = post(gw, "/api/chat", {"model": MODEL, "messages": [], "stream": False})
+    assert response.status_code == 200, response.text
+    assert response.json()["done_reason"] == "load"
+    assert relayed(setup) == before
 
 
 @pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
