@@ -11,6 +11,7 @@
     │   └── KeyNotFound                no key matches the id, prefix or name given
     └── RequestError                   a request failed; carries the HTTP status and the error's type/code
         ├── BadRequest                 400: malformed JSON, missing model, wrong field types
+        │   └── Unsupported            400: the backend cannot do what the request asks (no infill, n > 1)
         ├── PayloadTooLarge            413: body over ``server.max_body_bytes``
         ├── ModelNotFound              404: no route and no discovered backend serves the model
         ├── NotFound                   404: no such endpoint
@@ -27,6 +28,7 @@
             ├── BackendUnavailable     503: cannot connect, backend down or in cooldown
             ├── BackendTimeout         504: connect / first-byte / idle / total timeout
             ├── BadGateway             502: the backend answered garbage
+            │   └── BackendReported    502: the backend reported an error in band (a model's answer)
             └── UpstreamStatus         the backend answered an HTTP error; its status is passed on
 
 A ``RequestError`` knows its HTTP status and an OpenAI-style ``type``/``code``; the gateway renders it in the
@@ -150,6 +152,14 @@ class RequestError(GatewaydError):
 class BadRequest(RequestError):
     status = 400
     type = "invalid_request_error"
+
+
+class Unsupported(BadRequest):
+    """The backend chosen cannot do what the request asks (fill in the middle, several choices), and
+    answering without it would silently change the request. The relay tries the next candidate, and
+    names the backends in the message when none can."""
+
+    code = "unsupported_by_backend"
 
 
 class PayloadTooLarge(RequestError):
@@ -292,6 +302,14 @@ class BackendTimeout(BackendError):
 class BadGateway(BackendError):
     status = 502
     code = "bad_gateway"
+
+
+class BackendReported(BadGateway):
+    """The backend answered, with an error event in its stream (or an error object in a 200 answer): the
+    model's answer, not a failure of the backend, so it does not count against the backend's health
+    (as an error relayed byte for byte in the client's own dialect does not either)."""
+
+    code = "upstream_error"
 
 
 class UpstreamStatus(BackendError):

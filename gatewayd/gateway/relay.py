@@ -21,11 +21,13 @@ import anyio
 from gatewayd.config import Config
 from gatewayd.errors import (
     BackendError,
+    BackendReported,
     BackendTimeout,
     BackendUnavailable,
     Draining,
     ModelNotFound,
     Overloaded,
+    Unsupported,
     UpstreamStatus,
 )
 from gatewayd.gateway.backends.kinds import KINDS, auth_headers
@@ -247,7 +249,7 @@ class Relay:
         Raises a RequestError only while nothing has been sent (the caller renders it in the endpoint's
         dialect); once the response has started, failures end the stream in band instead. On cancellation
         (the client went away) the upstream request is aborted and its slot freed."""
-        last_error: BackendError | Overloaded | None = None
+        last_error: BackendError | Overloaded | Unsupported | None = None
         candidates = await self.candidates(exchange)
         for index, target in enumerate(candidates):
             runtime = self._pool.runtimes[target.backend]
@@ -264,6 +266,9 @@ class Relay:
                 if exchange.affinity_key is not None and self._affinity is not None:
                     self._affinity.pin(exchange.affinity_key, target.backend, self._pool.clock())
                 return
+            except Unsupported as error:  # this backend cannot do what the request asks: maybe the next
+                last_error = error
+                continue
             except BackendError as error:
                 if exchange.started:
                     return
@@ -349,8 +354,21 @@ class Relay:
         clock = time.perf_counter
         try:
             # answers name the model that produced them, as same-dialect answers relayed as bytes do
-            translation = translator(exchange.api, KINDS[backend.kind].dialect, client_model=target.model)
-            body = self._upstream_body(exchange, translation, target.model)
+            kind = KINDS[backend.kind]
+            try:
+                translation = translator(
+                    exchange.api,
+                    kind.dialect,
+                    client_model=target.model,
+                    capabilities=kind.capabilities,
+                    body=exchange.body,
+                )
+                body = self._upstream_body(exchange, translation, target.model)
+            except Unsupported as unsupported:  # named here: the codecs do not know which backend it is
+                raise Unsupported(
+                    f"backend {backend.id} ({kind.capabilities.kind}) {unsupported.message}",
+                    param=unsupported.param,
+                ) from None
             headers = {"Content-Type": "application/json", **auth_headers(backend)}
             started = clock()
             try:
@@ -405,7 +423,11 @@ class Relay:
 
     def _failed(self, runtime: BackendRuntime, error: BackendError) -> None:
         exchange_error = error.message
-        counts_against_health = not (isinstance(error, UpstreamStatus) and error.status < 500)
+        # one rule for every dialect: an answer the backend gave (an HTTP 4xx, an error event in its
+        # stream) is not a failure of the backend; relayed bytes are never parsed for errors at all
+        counts_against_health = not (
+            isinstance(error, BackendReported) or (isinstance(error, UpstreamStatus) and error.status < 500)
+        )
         if counts_against_health:
             runtime.health.request_failed(self._pool.clock(), exchange_error)
         self._metrics.attempts.inc((runtime.config.id, error.code or "error"))

@@ -16,7 +16,16 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.fake_http import BEHAVIOUR, BODY, STATE, dumps, find_model, ollama_error, write_stream
+from tests.support.fake_http import (
+    BEHAVIOUR,
+    BODY,
+    STATE,
+    dumps,
+    find_model,
+    ollama_error,
+    ollama_stream_error,
+    write_stream,
+)
 from tests.support.fake_replies import (
     content_text,
     embedding_inputs,
@@ -237,6 +246,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         head=[],
         pieces=[line(piece) for piece in pieces],
         tail=[final],
+        error=ollama_stream_error(),
     )
 
 
@@ -287,7 +297,12 @@ async def generate(request: web.Request) -> web.StreamResponse:
         )
 
     return await write_stream(
-        request, web.StreamResponse(headers=NDJSON_HEADERS), head=[], pieces=content_lines, tail=[final]
+        request,
+        web.StreamResponse(headers=NDJSON_HEADERS),
+        head=[],
+        pieces=content_lines,
+        tail=[final],
+        error=ollama_stream_error(),
     )
 
 

@@ -20,6 +20,7 @@ from tests.support.fake_http import (
     find_model,
     new_id,
     openai_error,
+    openai_stream_error,
     unix_now,
     write_stream,
 )
@@ -183,6 +184,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         head=[chunk({"role": "assistant", "content": ""}, None)],
         pieces=[chunk({"content": piece}, None) for piece in pieces],
         tail=tail,
+        error=openai_stream_error(),
     )
 
 
@@ -228,6 +230,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         head=[],
         pieces=[sse_frame(completion([choice(piece, None)], **usage_field)) for piece in pieces],
         tail=tail,
+        error=openai_stream_error(),
     )
 
 

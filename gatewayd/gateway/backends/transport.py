@@ -12,6 +12,7 @@ this module: the rest of the gateway sees ``Transport`` and ``UpstreamResponse``
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextvars import ContextVar
@@ -23,6 +24,8 @@ import anyio
 
 from gatewayd.config import Timeouts
 from gatewayd.errors import BackendTimeout, BackendUnavailable, BadGateway, Draining
+
+log = logging.getLogger("gatewayd.transport")
 
 #: a pooled connection unused for this long is closed (backends often close theirs at 5 to 60 s)
 POOL_IDLE_SECONDS = 4.0
@@ -60,7 +63,7 @@ class UpstreamResponse:
                 backend=self._backend,
             ) from None
         except (aiohttp.ClientError, OSError) as error:
-            raise _lost(error, self._backend) from error
+            raise _lost(error, self._backend, "its answer") from error
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive. Each wait is bounded by ``idle_seconds``.
@@ -77,7 +80,7 @@ class UpstreamResponse:
                     f"backend {self._backend} went silent for {idle:g} s mid-stream", backend=self._backend
                 ) from None
             except (aiohttp.ClientError, OSError) as error:
-                raise _lost(error, self._backend) from error
+                raise _lost(error, self._backend, "the stream") from error
             if not data:
                 if not content.is_eof():  # pragma: no cover - aiohttp returns b"" only at EOF
                     continue
@@ -222,8 +225,9 @@ class Transport:
                     continue
                 raise _unavailable(error, backend) from error
             except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as error:
+                log.warning("backend %s sent an invalid HTTP response: %r", backend, error)
                 raise BadGateway(
-                    f"backend {backend} sent an invalid HTTP response: {error}", backend=backend
+                    f"backend {backend} sent an invalid HTTP response", backend=backend
                 ) from error
             except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as error:
                 raise _unavailable(error, backend) from error
@@ -249,8 +253,9 @@ def _unavailable(error: BaseException, backend: str) -> BackendUnavailable:
     return BackendUnavailable(f"backend {backend} is unreachable: {detail}", backend=backend)
 
 
-def _lost(error: BaseException, backend: str) -> BackendUnavailable:
-    detail = str(error) or type(error).__name__
-    return BackendUnavailable(
-        f"backend {backend} closed the connection mid-response: {detail}", backend=backend
-    )
+def _lost(error: BaseException, backend: str, what: str) -> BackendUnavailable:
+    """The connection broke while ``what`` (the stream, its answer) was being read. The client is told
+    what happened in its terms; the HTTP client's own wording (``TransferEncodingError: 400, message='Not
+    enough data...'``) goes to the log only."""
+    log.warning("backend %s: connection lost mid-body: %r", backend, error)
+    return BackendUnavailable(f"backend {backend} closed {what} before it ended", backend=backend)

@@ -184,6 +184,8 @@ class ChatRequest:
     reasoning: Reasoning = field(default_factory=Reasoning)
     #: logprobs wanted: None for none, else how many alternatives per token (0: only the chosen token)
     top_logprobs: int | None = None
+    #: answers wanted (OpenAI's ``n``); a backend that gives one per request refuses more (Unsupported)
+    choices: int = 1
     #: the client's end-user id (OpenAI ``user``, Anthropic ``metadata.user_id``), for backends that log it
     user: str | None = None
 

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from gatewayd.errors import BadGateway, BadRequest
+from gatewayd.errors import BackendReported, BadGateway, BadRequest
 from gatewayd.gateway.core.profile import Payload
 
 
@@ -20,13 +20,13 @@ def expect_dict(value: object, what: str) -> Payload:
 
 
 def reported_error(payload: Payload) -> None:
-    """Raise ``BadGateway`` if an upstream payload is an error report (``{"error": "..."}`` or
+    """Raise ``BackendReported`` if an upstream payload is an error report (``{"error": "..."}`` or
     ``{"error": {"message": "..."}}``)."""
     error = payload.get("error")
     if error is None:
         return
     message = error.get("message") if isinstance(error, dict) else error
-    raise BadGateway(f"backend reported an error: {message}")
+    raise BackendReported(f"backend reported an error: {message}")
 
 
 def new_id(prefix: str) -> str:

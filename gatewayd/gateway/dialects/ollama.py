@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gatewayd.errors import BadGateway, BadRequest, Overloaded, RequestError, UpstreamStatus
+from gatewayd.errors import BadGateway, BadRequest, Overloaded, RequestError, Unsupported, UpstreamStatus
 from gatewayd.gateway.core.chat import (
     ChatEvent,
     ChatRequest,
@@ -107,6 +107,9 @@ class OllamaProfile(DialectProfile):
 
 OLLAMA = OllamaProfile()
 
+#: why a request for several choices is refused (Ollama has no ``n``; one answer could not stand for them)
+ONE_CHOICE = "answers one choice per request: ask for 'n': 1, or send the request n times"
+
 
 def chat_keepalive(model: str, backend: str) -> bytes:
     """An empty assistant message (not done): the client's read timeout does not fire while a server
@@ -169,7 +172,7 @@ class ChatClient(ClientCodec):
             messages=_decode_messages(body.get("messages")),
             stream=OLLAMA.wants_stream(body),
             tools=_decode_tools(body.get("tools")),
-            sampling=_decode_options(body.get("options")),
+            sampling=decode_options(body.get("options")),
             output=_decode_format(body.get("format")),
             reasoning=_decode_think(body.get("think")),
         )
@@ -211,7 +214,7 @@ class GenerateClient(ClientCodec):
             model=str(body.get("model", "")),
             messages=tuple(messages),
             stream=OLLAMA.wants_stream(body),
-            sampling=_decode_options(body.get("options")),
+            sampling=decode_options(body.get("options")),
             output=_decode_format(body.get("format")),
             reasoning=_decode_think(body.get("think")),
         )
@@ -385,7 +388,7 @@ def _decode_tools(tools: object) -> tuple[Tool, ...]:
     return tuple(decoded)
 
 
-def _decode_options(options: object) -> Sampling:
+def decode_options(options: object) -> Sampling:
     if options is None:
         return Sampling()
     if not isinstance(options, dict):
@@ -451,6 +454,8 @@ class ChatBackend(BackendCodec):
     path = "/api/chat"
 
     def encode_request(self, request: ChatRequest, *, model: str) -> Payload:
+        if request.choices > 1:
+            raise Unsupported(ONE_CHOICE, param="n")
         upstream: Payload = {
             "model": model,
             "messages": _encode_messages(request.messages),

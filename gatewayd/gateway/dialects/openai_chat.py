@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gatewayd.errors import BadGateway, BadRequest, RequestError, UpstreamStatus
+from gatewayd.gateway.core.capability import Capabilities
 from gatewayd.gateway.core.chat import (
     ChatEvent,
     ChatRequest,
@@ -64,7 +65,7 @@ from gatewayd.gateway.core.wire import expect_dict, new_id, now_seconds, options
 class OpenAIProfile(DialectProfile):
     name = "openai"
     framing = Framing.SSE
-    done_data = DONE
+    done_data: str | None = DONE
     end_bytes = SSE_DONE
     event_mark = b"data:"
     usage_mark = b'"usage"'
@@ -156,6 +157,24 @@ _STOP_REASONS = {
 }
 #: OpenAI sampling fields with the same name in ``core.chat.Sampling``
 _SAMPLING_FIELDS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
+#: sampling fields OpenAI lacks that llama-server and vLLM take in the same body (clients send them as
+#: extra body fields), with the same name in ``core.chat.Sampling``
+_EXTRA_FIELDS = ("top_k", "min_p")
+#: further backend sampling options read from an OpenAI body into ``Sampling.extra`` (by these names,
+#: which llama-server and Ollama share)
+EXTRA_OPTIONS = (
+    "typical_p",
+    "repeat_last_n",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "tfs_z",
+    "dynatemp_range",
+    "dynatemp_exponent",
+    "xtc_probability",
+    "xtc_threshold",
+    "top_n_sigma",
+)
 
 
 class ChatClient(ClientCodec):
@@ -170,9 +189,7 @@ class ChatClient(ClientCodec):
         self._include_usage = (
             stream and isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         )
-        sampling: dict[str, Any] = {
-            name: body[name] for name in _SAMPLING_FIELDS if body.get(name) is not None
-        }
+        sampling = decode_sampling(body)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is not None:
             sampling["max_tokens"] = max_tokens
@@ -195,6 +212,7 @@ class ChatClient(ClientCodec):
             reasoning=Reasoning(effort=effort) if isinstance(effort, str) else Reasoning(),
             top_logprobs=(top_logprobs if type(top_logprobs) is int else 0) if body.get("logprobs") else None,
             user=user if isinstance(user, str) else None,
+            choices=_choices(body.get("n")),
         )
 
     def encode_response(self, response: ChatResponse) -> Payload:
@@ -220,6 +238,48 @@ class ChatClient(ClientCodec):
 
     def stream_encoder(self) -> StreamEncoder:
         return _ChunkEncoder(include_usage=self._include_usage)
+
+
+def decode_sampling(body: Payload) -> dict[str, Any]:
+    """The sampling fields of an OpenAI body (chat or completion) as ``Sampling`` keyword arguments:
+    OpenAI's own, the ``top_k``/``min_p``/``repeat_penalty`` (or vLLM's ``repetition_penalty``) that
+    llama-server and vLLM clients add, and other known backend options (``EXTRA_OPTIONS``) as extras.
+    The token limit and ``stop`` are left to the caller."""
+    sampling: dict[str, Any] = {name: body[name] for name in _SAMPLING_FIELDS if body.get(name) is not None}
+    for name in _EXTRA_FIELDS:
+        if body.get(name) is not None:
+            sampling[name] = body[name]
+    repeat_penalty = body.get("repeat_penalty", body.get("repetition_penalty"))
+    if repeat_penalty is not None:
+        sampling["repeat_penalty"] = repeat_penalty
+    extra = {name: body[name] for name in EXTRA_OPTIONS if body.get(name) is not None}
+    if extra:
+        sampling["extra"] = extra
+    return sampling
+
+
+def encode_extra_sampling(sampling: Sampling, capabilities: Capabilities, upstream: Payload) -> None:
+    """Add to ``upstream`` the sampling options beyond OpenAI's, for a backend that takes them as body
+    fields (llama-server, vLLM); nothing for one that refuses unknown fields (OpenAI). Fields already
+    set are kept."""
+    if not capabilities.extra_sampling:
+        return
+    for name, value in sampling.extra.items():
+        upstream.setdefault(name, value)
+    for name in _EXTRA_FIELDS:
+        value = getattr(sampling, name)
+        if value is not None:
+            upstream[name] = value
+    if sampling.repeat_penalty is not None:
+        upstream[capabilities.repeat_penalty_field] = sampling.repeat_penalty
+
+
+def _choices(n: object) -> int:
+    if n is None:
+        return 1
+    if type(n) is not int or n < 1:
+        raise BadRequest("'n' must be a positive integer", param="n")
+    return n
 
 
 class _ChunkEncoder(StreamEncoder):
@@ -468,9 +528,10 @@ class ChatBackend(BackendCodec):
             if value is not None:
                 upstream[name] = value
         if sampling.max_tokens is not None:
-            upstream["max_tokens"] = sampling.max_tokens
+            upstream[self.capabilities.max_tokens_field] = sampling.max_tokens
         if sampling.stop:
             upstream["stop"] = list(sampling.stop)
+        encode_extra_sampling(sampling, self.capabilities, upstream)
         response_format = _encode_output(request.output)
         if response_format is not None:
             upstream["response_format"] = response_format
