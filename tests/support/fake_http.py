@@ -37,7 +37,9 @@ class Dialect(enum.Enum):
 
 
 #: model requests: faults apply to them and they count as in flight
-OPENAI_INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+OPENAI_INFERENCE_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/infill"}  # /infill: llama-server's
+)
 OLLAMA_INFERENCE_PATHS = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
 INFERENCE_PATHS = OPENAI_INFERENCE_PATHS | OLLAMA_INFERENCE_PATHS
 #: faults apply to these too, but they are not counted in flight
