@@ -177,11 +177,11 @@ class ChatRequest:
     messages: tuple[Message, ...]
     stream: bool = False
     tools: tuple[Tool, ...] = ()
-    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    tool_choice: ToolChoice = ToolChoice()  # frozen: one shared default
     parallel_tool_calls: bool | None = None
-    sampling: Sampling = field(default_factory=Sampling)
-    output: OutputFormat = field(default_factory=OutputFormat)
-    reasoning: Reasoning = field(default_factory=Reasoning)
+    sampling: Sampling = Sampling()  # frozen: one shared default
+    output: OutputFormat = OutputFormat()  # frozen: one shared default
+    reasoning: Reasoning = Reasoning()  # frozen: one shared default
     #: logprobs wanted: None for none, else how many alternatives per token (0: only the chosen token)
     top_logprobs: int | None = None
     #: answers wanted (OpenAI's ``n``); a backend that gives one per request refuses more (Unsupported)

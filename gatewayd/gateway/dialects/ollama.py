@@ -18,6 +18,9 @@ streamed call's pieces are collected and sent in one line before the last).
 tool results name the tool instead), ``tool_choice`` (tools are left out for ``"none"``),
 ``parallel_tool_calls``, reasoning effort, logprobs and ``user``. Refused with ``BadRequest``: images by
 URL (the core does no IO: Ollama takes base64 only), tool-call arguments that are not a JSON object.
+
+(Past 600 lines on purpose: the module is the whole dialect, both sides, and each side's decoder sits
+next to the encoder of the same shapes.)
 """
 
 from __future__ import annotations
@@ -161,6 +164,11 @@ _IMAGE_MAGIC = (
     ("R0lGOD", "image/gif"),
     ("UklGR", "image/webp"),
 )
+
+#: shared defaults (the values are frozen)
+_TEXT = OutputFormat()
+_NO_REASONING = Reasoning()
+_NO_SAMPLING = Sampling()
 
 
 class ChatClient(ClientCodec):
@@ -390,7 +398,7 @@ def _decode_tools(tools: object) -> tuple[Tool, ...]:
 
 def decode_options(options: object) -> Sampling:
     if options is None:
-        return Sampling()
+        return _NO_SAMPLING
     if not isinstance(options, dict):
         raise BadRequest("'options' must be an object", param="options")
     sampling: dict[str, Any] = {
@@ -414,7 +422,7 @@ def _decode_think(think: object) -> Reasoning:
         return Reasoning(enabled=think)
     if isinstance(think, str):  # "low" / "medium" / "high" (gpt-oss)
         return Reasoning(enabled=True, effort=think)
-    return Reasoning()
+    return _NO_REASONING
 
 
 def _decode_format(fmt: object) -> OutputFormat:
@@ -422,7 +430,7 @@ def _decode_format(fmt: object) -> OutputFormat:
         return OutputFormat(OutputKind.JSON)
     if isinstance(fmt, dict):
         return OutputFormat(OutputKind.JSON_SCHEMA, fmt)
-    return OutputFormat()
+    return _TEXT
 
 
 def _encode_answer_call(name: str, arguments: str) -> Payload:

@@ -176,6 +176,11 @@ EXTRA_OPTIONS = (
     "top_n_sigma",
 )
 
+#: shared defaults (the values are frozen)
+_AUTO = ToolChoice()
+_TEXT = OutputFormat()
+_NO_REASONING = Reasoning()
+
 
 class ChatClient(ClientCodec):
     """/v1/chat/completions as an OpenAI client speaks it."""
@@ -209,7 +214,7 @@ class ChatClient(ClientCodec):
             parallel_tool_calls=parallel if isinstance(parallel, bool) else None,
             sampling=Sampling(**sampling),
             output=_decode_output(body.get("response_format")),
-            reasoning=Reasoning(effort=effort) if isinstance(effort, str) else Reasoning(),
+            reasoning=Reasoning(effort=effort) if isinstance(effort, str) else _NO_REASONING,
             top_logprobs=(top_logprobs if type(top_logprobs) is int else 0) if body.get("logprobs") else None,
             user=user if isinstance(user, str) else None,
             choices=_choices(body.get("n")),
@@ -473,7 +478,7 @@ def _decode_tool_choice(choice: object) -> ToolChoice:
         name = function.get("name") if isinstance(function, dict) else None
         if isinstance(name, str):
             return ToolChoice(ToolMode.NAMED, name)
-    return ToolChoice()
+    return _AUTO
 
 
 def _decode_output(response_format: object) -> OutputFormat:
@@ -491,7 +496,7 @@ def _decode_output(response_format: object) -> OutputFormat:
             name if isinstance(name, str) else None,
             strict if isinstance(strict, bool) else None,
         )
-    return OutputFormat()
+    return _TEXT
 
 
 def _encode_tool_call(call: ToolCall, index: int | None = None) -> Payload:
