@@ -313,11 +313,22 @@ class BackendReported(BadGateway):
 
 
 class UpstreamStatus(BackendError):
-    """The backend answered an HTTP error. ``status`` and ``body`` are the backend's own."""
+    """The backend answered an HTTP error. ``status`` and ``body`` are the backend's own, and so are
+    ``headers``: the ones a client acts on (``retry-after``, ``x-ratelimit-*``; lower-case names), passed
+    on with the error response."""
 
     code = "upstream_error"
 
-    def __init__(self, message: str, *, status: int, body: bytes, backend: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: bytes,
+        backend: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message, backend=backend)
         self.status = status
         self.body = body
+        self.headers: Mapping[str, str] = dict(headers or {})

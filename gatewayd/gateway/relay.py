@@ -388,6 +388,7 @@ class Relay:
                     status=upstream.status,
                     body=await upstream.read(),
                     backend=backend.id,
+                    headers=_passed_on(upstream.headers),
                 )
             exchange.backend = backend.id
             total = backend.timeouts.total_seconds
@@ -525,6 +526,15 @@ class Relay:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except OSError:  # pragma: no cover - the client is gone too
             pass
+
+
+def _passed_on(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of an upstream error a client acts on: when to retry, and the backend's rate limits."""
+    return {
+        lowered: value
+        for name, value in headers.items()
+        if (lowered := name.lower()) == "retry-after" or lowered.startswith("x-ratelimit-")
+    }
 
 
 def _is_stream(upstream: UpstreamResponse, framing: Framing) -> bool:

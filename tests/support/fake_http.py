@@ -107,6 +107,14 @@ def ollama_stream_error() -> bytes:
     return f"{dumps({'error': STREAM_ERROR_MESSAGE})}\n".encode()
 
 
+#: the rate-limit headers OpenAI sends with a 429 (the fake's OpenAI dialect sends them too)
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "60",
+    "x-ratelimit-remaining-requests": "0",
+    "x-ratelimit-reset-requests": "1s",
+}
+
+
 def retry_headers(status: int, behaviour: Behaviour) -> dict[str, str]:
     if status in (429, 503) and behaviour.retry_after is not None:
         return {"Retry-After": f"{behaviour.retry_after:g}"}
@@ -132,7 +140,10 @@ def openai_error(
     if status == 429 and code is None:
         code = "rate_limit_exceeded"
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    return web.json_response(body, status=status, headers=retry_headers(status, behaviour), dumps=dumps)
+    headers = retry_headers(status, behaviour)
+    if status == 429:
+        headers.update(RATE_LIMIT_HEADERS)
+    return web.json_response(body, status=status, headers=headers, dumps=dumps)
 
 
 def ollama_error(status: int, message: str, behaviour: Behaviour) -> web.Response:
