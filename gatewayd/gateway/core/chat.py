@@ -13,7 +13,7 @@ cannot express is dropped by its encoder (and listed in that dialect module's do
       messages: Message(role, parts=(Text | Image | Thinking | ToolCall | ToolResult, ...))
       tools: Tool(name, description, parameters)   tool_choice: ToolChoice
       sampling: Sampling(max_tokens, temperature, ..., stop)   output: OutputFormat   reasoning: Reasoning
-    ChatResponse(parts=(Text | Thinking | ToolCall, ...), stop_reason, usage)
+    ChatResponse(parts=(Text | Thinking | ToolCall, ...), stop_reason, usage, logprobs)
     ChatEvent = MessageStart | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Finish
 """
 
@@ -193,6 +193,17 @@ class ChatRequest:
 # --- the answer -----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token and its log probability; ``top`` holds the most likely alternatives at its
+    position (each with an empty ``top``). ``bytes`` is its UTF-8, where the backend gave it."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    top: tuple[TokenLogprob, ...] = ()
+
+
 class StopReason(enum.StrEnum):
     END = "end"  # the model finished its turn (OpenAI "stop", Anthropic "end_turn")
     LENGTH = "length"  # max_tokens reached
@@ -214,6 +225,9 @@ class ChatResponse:
     created: int | None = None
     #: the stop sequence that matched, where the backend said which
     stop_sequence: str | None = None
+    #: the answer's tokens with their log probabilities, when asked for (``ChatRequest.top_logprobs``)
+    #: and given by the backend; None otherwise (dialects without logprobs ignore it)
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 # --- stream events ----------------------------------------------------------------------------------------
@@ -232,6 +246,8 @@ class MessageStart:
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+    #: the log probabilities of this piece's tokens, when asked for and given (empty otherwise)
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,20 @@ from __future__ import annotations
 
 from gatewayd.errors import BadGateway, BadRequest, Unsupported
 from gatewayd.gateway.core.capability import Capabilities
+from gatewayd.gateway.core.chat import TokenLogprob
 from gatewayd.gateway.core.profile import Payload
 from gatewayd.gateway.core.translation import StreamTranslator, Translator
 from gatewayd.gateway.core.usage import Usage
-from gatewayd.gateway.core.wire import expect_dict, new_id, now_seconds, options_stop, reported_error, rfc3339
+from gatewayd.gateway.core.wire import (
+    decode_logprobs,
+    encode_logprobs,
+    expect_dict,
+    new_id,
+    now_seconds,
+    options_stop,
+    reported_error,
+    rfc3339,
+)
 from gatewayd.gateway.dialects.ollama import OLLAMA, ONE_CHOICE, decode_options, ollama_usage
 from gatewayd.gateway.dialects.openai_chat import OPENAI, decode_sampling, encode_extra_sampling, openai_usage
 
@@ -203,6 +213,11 @@ class OllamaGenerateOverOpenAI(Translator):
                 _openai_message({"role": "user", "content": prompt, "images": body.get("images")})
             )
             upstream["messages"] = messages
+        if self._chat_upstream and body.get("logprobs") is True:
+            upstream["logprobs"] = True
+            top = body.get("top_logprobs")
+            if type(top) is int and top > 0:
+                upstream["top_logprobs"] = top
         limit_field = self.capabilities.max_tokens_field if self._chat_upstream else "max_tokens"
         _add_generation_fields(
             upstream, body, stream=stream, capabilities=self.capabilities, limit=limit_field
@@ -222,6 +237,9 @@ class OllamaGenerateOverOpenAI(Translator):
         out: Payload = {"model": self.client_model, "created_at": _created_at(body), "response": text or ""}
         if thinking:
             out["thinking"] = thinking
+        logprobs = _chat_logprobs(choice) if self._chat_upstream else None
+        if logprobs is not None:
+            out["logprobs"] = encode_logprobs(logprobs)
         return _final(out, choice.get("finish_reason"), openai_usage(body))
 
     def usage(self, upstream: object) -> Usage:
@@ -267,17 +285,22 @@ class _GenerateLines(StreamTranslator):
         if finish_reason:
             self._finish_reason = finish_reason
         thinking = None
+        logprobs = None
         if self._chat_upstream:
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 return []
             text = delta.get("content")
             thinking = _reasoning(delta)
+            logprobs = _chat_logprobs(choice) if choice.get("logprobs") else None
         else:
             text = choice.get("text")
         if not text and not thinking:
             return []
-        return [self._line(text or "", thinking)]
+        line = self._line(text or "", thinking)
+        if logprobs:
+            line["logprobs"] = encode_logprobs(logprobs)
+        return [line]
 
     def finish(self) -> list[Payload]:
         if self._finish_reason is None:
@@ -354,6 +377,12 @@ def _first_choice(body: Payload) -> Payload:
 def _created_at(body: Payload) -> str:
     created = body.get("created")
     return rfc3339(created if isinstance(created, int | float) else now_seconds())
+
+
+def _chat_logprobs(choice: Payload) -> tuple[TokenLogprob, ...] | None:
+    """The token logprobs of an upstream chat choice (``logprobs.content``), None when it has none."""
+    logprobs = choice.get("logprobs")
+    return decode_logprobs(logprobs.get("content")) if isinstance(logprobs, dict) else None
 
 
 def _reasoning(message: Payload) -> str | None:

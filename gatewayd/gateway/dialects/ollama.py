@@ -48,6 +48,7 @@ from gatewayd.gateway.core.chat import (
     TextDelta,
     Thinking,
     ThinkingDelta,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -61,6 +62,8 @@ from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.profile import DialectProfile, Payload, parsed_error_body, upstream_message
 from gatewayd.gateway.core.usage import Usage, token_count
 from gatewayd.gateway.core.wire import (
+    decode_logprobs,
+    encode_logprobs,
     expect_dict,
     new_id,
     now_seconds,
@@ -183,6 +186,7 @@ class ChatClient(ClientCodec):
             sampling=decode_options(body.get("options")),
             output=_decode_format(body.get("format")),
             reasoning=_decode_think(body.get("think")),
+            top_logprobs=_decode_logprobs_wanted(body),
         )
 
     def encode_response(self, response: ChatResponse) -> Payload:
@@ -197,7 +201,9 @@ class ChatClient(ClientCodec):
         if calls:
             message["tool_calls"] = [_encode_answer_call(call.name, call.arguments) for call in calls]
         created_at = rfc3339(response.created if response.created is not None else now_seconds())
-        out = {"model": response.model, "created_at": created_at, "message": message}
+        out: Payload = {"model": response.model, "created_at": created_at, "message": message}
+        if response.logprobs is not None:
+            out["logprobs"] = encode_logprobs(response.logprobs)
         return _final(out, response.stop_reason, response.usage)
 
     def stream_encoder(self) -> StreamEncoder:
@@ -225,6 +231,7 @@ class GenerateClient(ClientCodec):
             sampling=decode_options(body.get("options")),
             output=_decode_format(body.get("format")),
             reasoning=_decode_think(body.get("think")),
+            top_logprobs=_decode_logprobs_wanted(body),
         )
 
     def encode_response(self, response: ChatResponse) -> Payload:
@@ -234,6 +241,8 @@ class GenerateClient(ClientCodec):
         thinking = "".join(part.text for part in response.parts if isinstance(part, Thinking))
         if thinking:
             out["thinking"] = thinking
+        if response.logprobs is not None:
+            out["logprobs"] = encode_logprobs(response.logprobs)
         return _final(out, response.stop_reason, response.usage)
 
     def stream_encoder(self) -> StreamEncoder:
@@ -261,13 +270,18 @@ class _LineEncoder(StreamEncoder):
     def events(self, events: list[ChatEvent]) -> list[Payload]:
         first = events[0] if len(events) == 1 else None
         if isinstance(first, TextDelta):  # most of a stream
-            return [self._line(first.text, "")]
+            line = self._line(first.text, "")
+            if first.logprobs:
+                line["logprobs"] = encode_logprobs(first.logprobs)
+            return [line]
         text: list[str] = []
+        logprobs: list[TokenLogprob] = []
         thinking: list[str] = []
         finish: Finish | None = None
         for event in events:
             if isinstance(event, TextDelta):
                 text.append(event.text)
+                logprobs.extend(event.logprobs)
             elif isinstance(event, ThinkingDelta):
                 thinking.append(event.text)
             elif isinstance(event, ToolCallStart):
@@ -282,7 +296,10 @@ class _LineEncoder(StreamEncoder):
                 finish = event
         out: list[Payload] = []
         if text or thinking:
-            out.append(self._line("".join(text), "".join(thinking)))
+            line = self._line("".join(text), "".join(thinking))
+            if logprobs:
+                line["logprobs"] = encode_logprobs(tuple(logprobs))
+            out.append(line)
         if finish is not None:
             if self._tools and not self._generate:
                 line = self._line("", "")
@@ -417,6 +434,14 @@ def decode_options(options: object) -> Sampling:
     return Sampling(**sampling)
 
 
+def _decode_logprobs_wanted(body: Payload) -> int | None:
+    """``ChatRequest.top_logprobs`` from Ollama's ``logprobs`` (bool) and ``top_logprobs`` (int)."""
+    if body.get("logprobs") is not True:
+        return None
+    top = body.get("top_logprobs")
+    return top if type(top) is int and top > 0 else 0
+
+
 def _decode_think(think: object) -> Reasoning:
     if isinstance(think, bool):
         return Reasoning(enabled=think)
@@ -479,6 +504,10 @@ class ChatBackend(BackendCodec):
             upstream["tools"] = [_encode_tool(tool) for tool in request.tools]
         if request.reasoning.enabled is not None:
             upstream["think"] = request.reasoning.enabled
+        if request.top_logprobs is not None:
+            upstream["logprobs"] = True
+            if request.top_logprobs:
+                upstream["top_logprobs"] = request.top_logprobs
         return upstream
 
     def decode_response(self, payload: object) -> ChatResponse:
@@ -499,6 +528,7 @@ class ChatBackend(BackendCodec):
             parts=tuple(parts),
             stop_reason=_stop_reason(bool(calls), body.get("done_reason")),
             usage=ollama_usage(body),
+            logprobs=decode_logprobs(body.get("logprobs")),
         )
 
     def stream_decoder(self) -> StreamDecoder:
@@ -531,7 +561,8 @@ class _LineDecoder(StreamDecoder):
                 events.append(ThinkingDelta(thinking))
             content = message.get("content")
             if isinstance(content, str) and content:
-                events.append(TextDelta(content))
+                logprobs = decode_logprobs(line.get("logprobs")) if "logprobs" in line else None
+                events.append(TextDelta(content, logprobs) if logprobs else TextDelta(content))
             tool_calls = message.get("tool_calls")
             if tool_calls:
                 for call in _calls(tool_calls):

@@ -46,6 +46,7 @@ from gatewayd.gateway.core.chat import (
     TextDelta,
     Thinking,
     ThinkingDelta,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -59,7 +60,15 @@ from gatewayd.gateway.core.framing import DONE, SSE_DONE, Framing, encode_sse_co
 from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.profile import DialectProfile, Payload, parsed_error_body, upstream_message
 from gatewayd.gateway.core.usage import Usage, token_count
-from gatewayd.gateway.core.wire import expect_dict, new_id, now_seconds, options_stop, reported_error
+from gatewayd.gateway.core.wire import (
+    decode_logprobs,
+    encode_logprobs,
+    expect_dict,
+    new_id,
+    now_seconds,
+    options_stop,
+    reported_error,
+)
 
 
 class OpenAIProfile(DialectProfile):
@@ -237,7 +246,14 @@ class ChatClient(ClientCodec):
             "object": "chat.completion",
             "created": response.created or now_seconds(),
             "model": response.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": _choice_logprobs(response.logprobs),
+                    "finish_reason": finish_reason,
+                }
+            ],
             "usage": _encode_usage(response.usage),
         }
 
@@ -309,16 +325,24 @@ class _ChunkEncoder(StreamEncoder):
     def events(self, events: list[ChatEvent]) -> list[Payload]:
         first = events[0] if len(events) == 1 else None
         if isinstance(first, TextDelta) and self._role_sent:  # most of a stream
-            choice = {"index": 0, "delta": {"content": first.text}, "logprobs": None, "finish_reason": None}
+            logprobs = _choice_logprobs(first.logprobs) if first.logprobs else None
+            choice = {
+                "index": 0,
+                "delta": {"content": first.text},
+                "logprobs": logprobs,
+                "finish_reason": None,
+            }
             return [self._chunk(choice)]
         out: list[Payload] = []
         text: list[str] = []
+        token_logprobs: list[TokenLogprob] = []
         thinking: list[str] = []
         calls: dict[int, Payload] = {}
         finish: Finish | None = None
         for event in events:
             if isinstance(event, TextDelta):
                 text.append(event.text)
+                token_logprobs.extend(event.logprobs)
             elif isinstance(event, ThinkingDelta):
                 thinking.append(event.text)
             elif isinstance(event, ToolCallStart):
@@ -350,7 +374,10 @@ class _ChunkEncoder(StreamEncoder):
             if calls:
                 delta["tool_calls"] = list(calls.values())
             self._role_sent = True
-            out.append(self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}))
+            choice_logprobs = _choice_logprobs(tuple(token_logprobs)) if token_logprobs else None
+            out.append(
+                self._chunk({"index": 0, "delta": delta, "logprobs": choice_logprobs, "finish_reason": None})
+            )
         if finish is not None:
             reason = "tool_calls" if self._tool_calls else _FINISH_REASONS[finish.stop_reason]
             out.append(self._chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}))
@@ -370,6 +397,19 @@ class _ChunkEncoder(StreamEncoder):
             "model": self._model,
             "choices": [choice] if choice is not None else [],
         }
+
+
+def _choice_logprobs(logprobs: tuple[TokenLogprob, ...] | None) -> Payload | None:
+    """A choice's ``logprobs`` object (``content``: one entry per token), None when there are none."""
+    if logprobs is None:
+        return None
+    return {"content": encode_logprobs(logprobs), "refusal": None}
+
+
+def _content_logprobs(choice: Payload) -> tuple[TokenLogprob, ...] | None:
+    """The token logprobs of an upstream choice (``logprobs.content``), None when it has none."""
+    logprobs = choice.get("logprobs")
+    return decode_logprobs(logprobs.get("content")) if isinstance(logprobs, dict) else None
 
 
 def _decode_messages(messages: object) -> tuple[Message, ...]:
@@ -580,6 +620,7 @@ class ChatBackend(BackendCodec):
             usage=openai_usage(body),
             id=response_id if isinstance(response_id, str) else None,
             created=int(created) if isinstance(created, int | float) else None,
+            logprobs=_content_logprobs(choice),
         )
 
     def stream_decoder(self) -> StreamDecoder:
@@ -634,7 +675,8 @@ class _ChunkDecoder(StreamDecoder):
             events.append(ThinkingDelta(thinking))
         text = delta.get("content")
         if text:
-            events.append(TextDelta(text))
+            logprobs = _content_logprobs(choice) if choice.get("logprobs") else None
+            events.append(TextDelta(text, logprobs) if logprobs else TextDelta(text))
         if delta.get("tool_calls"):
             self._tool_call_events(delta["tool_calls"], events)
         return events

@@ -15,7 +15,13 @@ import pytest
 
 from gatewayd.config import Backend, BackendKind, Config
 from tests.support.fake_backend import FakeBackend, running_fake_backend
-from tests.support.fake_replies import infill_text, reply_text
+from tests.support.fake_replies import (
+    ALTERNATIVE_LOGPROB,
+    CHOSEN_LOGPROB,
+    infill_text,
+    reply_text,
+    split_chunks,
+)
 from tests.support.gateway import RunningGateway, running_gateway
 
 #: model -> (backend id, fake kind)
@@ -30,6 +36,8 @@ PREFIX = "def add(a, b):\n    "
 SUFFIX = "\n\nprint(add(1, 2))"
 FILLED = infill_text(PREFIX, SUFFIX)
 PROMPT = "name three colours"
+#: the fake cuts every reply into this many pieces (one token each)
+CHUNKS = 8
 
 
 @dataclass
@@ -258,3 +266,69 @@ def test_llama_server_still_gets_max_tokens(setup: Setup, oll: ollama.Client) ->
     body = setup.last_body("llama-cpp-fake", "/v1/chat/completions")
     assert body["max_tokens"] == 3
     assert "max_completion_tokens" not in body
+
+
+# --- logprobs ---------------------------------------------------------------------------------------------
+
+TOP = 2
+
+
+def _pieces(text: str) -> list[str]:
+    return [piece for piece in split_chunks(text, CHUNKS) if piece]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_openai_logprobs_through_an_ollama_backend(setup: Setup, oai: openai.OpenAI, stream: bool) -> None:
+    messages: Any = [{"role": "user", "content": PROMPT}]
+    if stream:
+        chunks = list(
+            oai.chat.completions.create(
+                model="ollama-fake", messages=messages, logprobs=True, top_logprobs=TOP, stream=True
+            )
+        )
+        entries = [
+            entry
+            for chunk in chunks
+            if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content
+            for entry in chunk.choices[0].logprobs.content
+        ]
+    else:
+        completion = oai.chat.completions.create(
+            model="ollama-fake", messages=messages, logprobs=True, top_logprobs=TOP
+        )
+        assert completion.choices[0].logprobs is not None
+        entries = completion.choices[0].logprobs.content or []
+
+    assert [entry.token for entry in entries] == _pieces(reply_text(PROMPT))
+    assert all(entry.logprob == CHOSEN_LOGPROB for entry in entries)
+    assert all(
+        [alt.logprob for alt in entry.top_logprobs] == [CHOSEN_LOGPROB, ALTERNATIVE_LOGPROB]
+        for entry in entries
+    )
+    body = setup.last_body("ollama-fake", "/api/chat")
+    assert (body["logprobs"], body["top_logprobs"]) == (True, TOP)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("endpoint", ["chat", "generate"])
+def test_ollama_logprobs_through_an_openai_backend(
+    setup: Setup, oll: ollama.Client, stream: bool, endpoint: str
+) -> None:
+    def call() -> Any:
+        if endpoint == "chat":
+            messages = [{"role": "user", "content": PROMPT}]
+            return oll.chat(
+                model="llama-cpp-fake", messages=messages, logprobs=True, top_logprobs=TOP, stream=stream
+            )
+        return oll.generate(
+            model="llama-cpp-fake", prompt=PROMPT, logprobs=True, top_logprobs=TOP, stream=stream
+        )
+
+    parts = list(call()) if stream else [call()]
+    entries = [entry for part in parts for entry in (part.logprobs or [])]
+
+    assert [entry.token for entry in entries] == _pieces(reply_text(PROMPT))
+    assert all(entry.logprob == CHOSEN_LOGPROB for entry in entries)
+    assert all(len(entry.top_logprobs or []) == TOP for entry in entries)
+    body = setup.last_body("llama-cpp-fake", "/v1/chat/completions")
+    assert (body["logprobs"], body["top_logprobs"]) == (True, TOP)
