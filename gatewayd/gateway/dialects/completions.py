@@ -4,12 +4,17 @@
     /api/generate on an OpenAI backend    -> /v1/chat/completions (system + user message), or
                                              /v1/completions when ``raw``
 
-Carried over: the prompt (one string; Ollama's ``system`` and ``images`` become chat messages), ``stream``
-(with ``stream_options.include_usage`` where the client or the usage count needs it), ``format``, and the
-sampling settings ``temperature``, ``top_p``, ``seed``, ``frequency_penalty``, ``presence_penalty``,
-``stop`` and the token limit (``max_tokens`` <-> a positive ``num_predict``). Dropped: every other field
-(``n``, ``best_of``, ``echo``, ``suffix``, ``logprobs``, ``template``, ``context``, other options...).
-Refused with ``BadRequest``: several prompts or token-array prompts for an Ollama backend.
+Carried over: the prompt (one string; Ollama's ``system`` and ``images`` become chat messages), a
+``suffix`` (fill in the middle: /api/generate without ``raw``, or /v1/completions, where the registry
+sends it; llama-server's /infill is ``dialects.infill``), ``stream`` (with
+``stream_options.include_usage`` where the client or the usage count needs it), ``format``, the sampling
+settings ``temperature``, ``top_p``, ``seed``, ``frequency_penalty``, ``presence_penalty``, ``top_k``,
+``min_p``, ``repeat_penalty`` and other backend options (to llama-server and vLLM only: OpenAI refuses
+them), ``stop``, the token limit (``max_tokens`` <-> a positive ``num_predict``; ``max_completion_tokens``
+for OpenAI's chat), and on /api/generate over chat ``logprobs``/``top_logprobs``. Dropped: every other
+field (``best_of``, ``echo``, the logprobs of /v1/completions and of a ``raw`` generate, ``template``,
+``context``...). Refused with ``BadRequest``: several prompts or token-array prompts for an Ollama
+backend; with ``Unsupported``: ``n`` > 1 for an Ollama backend.
 """
 
 from __future__ import annotations

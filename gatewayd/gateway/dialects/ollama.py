@@ -9,15 +9,17 @@ tool results, matched to the call they answer: by ``tool_call_id``, else the old
 their ``tool_name``, else the oldest one; calls without ids get ``call_<message>_<n>``), ``tools``,
 ``format``, ``think``, ``stream``, and the options ``temperature``, ``top_p``, ``top_k``, ``min_p``,
 ``seed``, ``frequency_penalty``, ``presence_penalty``, ``repeat_penalty``, ``stop`` and a positive
-``num_predict`` (other options are kept as backend-specific sampling extras). Dropped: ``keep_alive``,
-``logprobs``/``top_logprobs``, ``template``, ``context``, ``truncate``. Answers carry no durations but
-``total_duration: 0``, and token counts only when the backend reported them; tool calls come whole (a
-streamed call's pieces are collected and sent in one line before the last).
+``num_predict`` (other options are kept as backend-specific sampling extras), ``logprobs`` and
+``top_logprobs``. Dropped: ``keep_alive``, ``template``, ``context``, ``truncate``. Answers carry no
+durations but ``total_duration: 0``, token counts only when the backend reported them, and ``logprobs``
+when asked for; tool calls come whole (a streamed call's pieces are collected and sent in one line
+before the last).
 
 ``ChatBackend`` (Ollama servers, any client) writes all of the above but tool ids (Ollama has none; the
 tool results name the tool instead), ``tool_choice`` (tools are left out for ``"none"``),
-``parallel_tool_calls``, reasoning effort, logprobs and ``user``. Refused with ``BadRequest``: images by
-URL (the core does no IO: Ollama takes base64 only), tool-call arguments that are not a JSON object.
+``parallel_tool_calls``, reasoning effort and ``user``; it reads the answer's ``logprobs``. Refused with
+``BadRequest``: images by URL (the core does no IO: Ollama takes base64 only), tool-call arguments that
+are not a JSON object; with ``Unsupported``: more than one choice (OpenAI's ``n``: Ollama answers one).
 
 (Past 600 lines on purpose: the module is the whole dialect, both sides, and each side's decoder sits
 next to the encoder of the same shapes.)

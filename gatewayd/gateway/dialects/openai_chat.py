@@ -6,15 +6,20 @@ object (in a stream, only with ``stream_options.include_usage``); errors as ``{"
 
 ``ChatClient`` (OpenAI clients, any backend) reads: messages (text and ``image_url`` content parts, the
 ``developer`` role as system, tool calls and tool results), ``tools``, ``tool_choice``,
-``parallel_tool_calls``, ``response_format``, ``reasoning_effort``, ``top_logprobs``, ``user``,
-``stream`` with ``stream_options.include_usage``, and ``temperature``, ``top_p``, ``seed``,
-``frequency_penalty``, ``presence_penalty``, ``max_completion_tokens``/``max_tokens``, ``stop``. Dropped:
-``n``, ``logit_bias``, ``service_tier``, ``store``, ``metadata`` and every other field. Refused with
-``BadRequest``: content parts other than text and images.
+``parallel_tool_calls``, ``response_format``, ``reasoning_effort``, ``logprobs``/``top_logprobs``,
+``user``, ``n``, ``stream`` with ``stream_options.include_usage``, and ``temperature``, ``top_p``,
+``seed``, ``frequency_penalty``, ``presence_penalty``, ``max_completion_tokens``/``max_tokens``,
+``stop``, and the extra body fields llama-server and vLLM clients send: ``top_k``, ``min_p``,
+``repeat_penalty`` (or ``repetition_penalty``) and the backend options of ``EXTRA_OPTIONS``. Dropped:
+``logit_bias``, ``service_tier``, ``store``, ``metadata`` and every other field. Refused with
+``BadRequest``: content parts other than text and images. Answers carry ``choices[0].logprobs``.
 
 ``ChatBackend`` (OpenAI-compatible servers, any client) writes all of the above but the reasoning
-settings, and drops a request's thinking parts (OpenAI has no way to send them back). It reads
-``reasoning_content`` (or ``reasoning``, as vLLM and llama-server send it) as thinking.
+settings and ``n``, and drops a request's thinking parts (OpenAI has no way to send them back). The token
+limit goes in the kind's field (``max_completion_tokens`` for OpenAI itself), and the sampling options
+OpenAI lacks only to kinds that take them (llama-server, vLLM: ``core.capability``). It reads
+``reasoning_content`` (or ``reasoning``, as vLLM and llama-server send it) as thinking, and
+``choices[0].logprobs.content``.
 
 (Past 600 lines on purpose: the module is the whole dialect, both sides, and each side's decoder sits
 next to the encoder of the same shapes.)
