@@ -42,7 +42,7 @@ from gatewayd.gateway.core.routing import Preference, order_targets
 from gatewayd.gateway.core.stream import StreamMachine, stream_machine, whole_answer
 from gatewayd.gateway.core.translation import Translator
 from gatewayd.gateway.core.usage import Usage
-from gatewayd.gateway.dialects.registry import Api, translator
+from gatewayd.gateway.dialects.registry import Api, refusal, translator
 from gatewayd.gateway.metrics import Metrics
 
 log = logging.getLogger("gatewayd.relay")
@@ -260,6 +260,10 @@ class Relay:
                     retry_after=self._config.limits.retry_after_seconds,
                 )
                 continue
+            refused = refusal(exchange.api, KINDS[runtime.config.kind].capabilities, exchange.body)
+            if refused is not None:  # before a managed backend is woken or started for nothing
+                last_error = _named(refused, runtime)
+                continue
             exchange.attempts += 1
             try:
                 await self._attempt(exchange, runtime, target, send)
@@ -365,10 +369,7 @@ class Relay:
                 )
                 body = self._upstream_body(exchange, translation, target.model)
             except Unsupported as unsupported:  # named here: the codecs do not know which backend it is
-                raise Unsupported(
-                    f"backend {backend.id} ({kind.capabilities.kind}) {unsupported.message}",
-                    param=unsupported.param,
-                ) from None
+                raise _named(unsupported, runtime) from None
             headers = {"Content-Type": "application/json", **auth_headers(backend)}
             started = clock()
             try:
@@ -526,6 +527,12 @@ class Relay:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except OSError:  # pragma: no cover - the client is gone too
             pass
+
+
+def _named(error: Unsupported, runtime: BackendRuntime) -> Unsupported:
+    """``error`` with the backend it is about, and its kind, named first."""
+    kind = KINDS[runtime.config.kind].capabilities.kind
+    return Unsupported(f"backend {runtime.config.id} ({kind}) {error.message}", param=error.param)
 
 
 def _passed_on(headers: Mapping[str, str]) -> dict[str, str]:

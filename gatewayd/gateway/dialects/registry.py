@@ -151,6 +151,20 @@ def dialect_of_path(path: str) -> DialectProfile:
     return found
 
 
+def refusal(api: Api, capabilities: Capabilities, body: Mapping[str, Any]) -> Unsupported | None:
+    """Why a backend of a kind that accepts ``capabilities`` cannot serve this request without silently
+    changing it (no fill in the middle for a ``suffix``, one choice for an ``n`` > 1), or None. The relay
+    asks before it wakes or starts a backend; the translators refuse the same."""
+    operation = ENDPOINTS[api].operation
+    if operation is Operation.EMBEDDING:
+        return None
+    if operation is Operation.COMPLETION and body.get("suffix") and capabilities.infill is Infill.NONE:
+        return Unsupported("cannot fill in the middle (the request has a 'suffix')", param="suffix")
+    if not capabilities.choices and body.get("n") not in (None, 1):
+        return Unsupported(ollama.ONE_CHOICE, param="n")
+    return None
+
+
 def translator(
     api: Api,
     backend: DialectProfile,
@@ -168,8 +182,9 @@ def translator(
     endpoint = ENDPOINTS[api]
     found: Translator
     if body is not None and endpoint.operation is Operation.COMPLETION and body.get("suffix"):
-        if capabilities.infill is Infill.NONE:
-            raise Unsupported("cannot fill in the middle (the request has a 'suffix')", param="suffix")
+        refused = refusal(api, capabilities, body)
+        if refused is not None:
+            raise refused
         if capabilities.infill is Infill.LLAMA_INFILL:
             found = infill.LlamaInfill(endpoint.dialect, client_model=client_model)
             found.capabilities = capabilities
