@@ -12,6 +12,7 @@
     │   └── KeyNotFound                no key matches the id, prefix or name given
     └── RequestError                   a request failed; carries the HTTP status and the error's type/code
         ├── BadRequest                 400: malformed JSON, missing model, wrong field types
+        │   └── Unsupported            400: the backend cannot do what the request asks (no infill, n > 1)
         ├── PayloadTooLarge            413: body over ``server.max_body_bytes``
         ├── ModelNotFound              404: no route and no discovered backend serves the model
         ├── NotFound                   404: no such endpoint
@@ -31,6 +32,7 @@
             │   └── BackendRefused     the connection was refused or reset: nothing listens there now
             ├── BackendTimeout         504: connect / first-byte / idle / total timeout
             ├── BadGateway             502: the backend answered garbage
+            │   └── BackendReported    502: the backend reported an error in band (a model's answer)
             └── UpstreamStatus         the backend answered an HTTP error; its status is passed on
 
 A ``RequestError`` knows its HTTP status and an OpenAI-style ``type``/``code``; the gateway renders it in the
@@ -155,6 +157,14 @@ class RequestError(GatewaydError):
 class BadRequest(RequestError):
     status = 400
     type = "invalid_request_error"
+
+
+class Unsupported(BadRequest):
+    """The backend chosen cannot do what the request asks (fill in the middle, several choices), and
+    answering without it would silently change the request. The relay tries the next candidate, and
+    names the backends in the message when none can."""
+
+    code = "unsupported_by_backend"
 
 
 class PayloadTooLarge(RequestError):
@@ -344,12 +354,31 @@ class BadGateway(BackendError):
     code = "bad_gateway"
 
 
-class UpstreamStatus(BackendError):
-    """The backend answered an HTTP error. ``status`` and ``body`` are the backend's own."""
+class BackendReported(BadGateway):
+    """The backend answered, with an error event in its stream (or an error object in a 200 answer): the
+    model's answer, not a failure of the backend, so it does not count against the backend's health
+    (as an error relayed byte for byte in the client's own dialect does not either)."""
 
     code = "upstream_error"
 
-    def __init__(self, message: str, *, status: int, body: bytes, backend: str | None = None) -> None:
+
+class UpstreamStatus(BackendError):
+    """The backend answered an HTTP error. ``status`` and ``body`` are the backend's own, and so are
+    ``headers``: the ones a client acts on (``retry-after``, ``x-ratelimit-*``; lower-case names), passed
+    on with the error response."""
+
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: bytes,
+        backend: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message, backend=backend)
         self.status = status
         self.body = body
+        self.headers: Mapping[str, str] = dict(headers or {})

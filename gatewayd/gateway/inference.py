@@ -22,6 +22,7 @@ from gatewayd.errors import (
     NotFound,
     PayloadTooLarge,
     RequestError,
+    UpstreamStatus,
 )
 from gatewayd.gateway.activity import Activity
 from gatewayd.gateway.conversations import Conversations
@@ -341,6 +342,15 @@ class InferenceEndpoint:
             headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
         if isinstance(error, KeyLimitError):
             headers.extend((name.encode(), value.encode()) for name, value in error.headers.items())
+        elif isinstance(error, UpstreamStatus) and error.headers:
+            # the backend's Retry-After and x-ratelimit-*, in either dialect; the caller's own key limits
+            # (already in the headers) win over the backend's of the same name
+            present = {name for name, _ in headers}
+            headers.extend(
+                (encoded, value.encode("latin-1"))
+                for name, value in error.headers.items()
+                if (encoded := name.encode("latin-1")) not in present
+            )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -22,10 +22,12 @@ from gatewayd.config import Config
 from gatewayd.errors import (
     BackendError,
     BackendRefused,
+    BackendReported,
     BackendTimeout,
     BackendUnavailable,
     ModelNotFound,
     Overloaded,
+    Unsupported,
     UpstreamStatus,
 )
 from gatewayd.gateway.backends.kinds import KINDS, auth_headers
@@ -40,7 +42,7 @@ from gatewayd.gateway.core.routing import Preference, order_targets
 from gatewayd.gateway.core.stream import StreamMachine, stream_machine, whole_answer
 from gatewayd.gateway.core.translation import Translator
 from gatewayd.gateway.core.usage import Usage
-from gatewayd.gateway.dialects.registry import Api, translator
+from gatewayd.gateway.dialects.registry import Api, refusal, translator
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.token_count import count_tokens
 
@@ -260,7 +262,7 @@ class Relay:
         Raises a RequestError only while nothing has been sent (the caller renders it in the endpoint's
         dialect); once the response has started, failures end the stream in band instead. On cancellation
         (the client went away) the upstream request is aborted and its slot freed."""
-        last_error: BackendError | Overloaded | None = None
+        last_error: BackendError | Overloaded | Unsupported | None = None
         candidates = await self.candidates(exchange)
         for index, target in enumerate(candidates):
             runtime = self._pool.runtimes[target.backend]
@@ -271,12 +273,19 @@ class Relay:
                     retry_after=self._config.limits.retry_after_seconds,
                 )
                 continue
+            refused = refusal(exchange.api, KINDS[runtime.config.kind].capabilities, exchange.body)
+            if refused is not None:  # before a managed backend is woken or started for nothing
+                last_error = _named(refused, runtime)
+                continue
             exchange.attempts += 1
             try:
                 await self._attempt(exchange, runtime, target, send)
                 if exchange.affinity_key is not None and self._affinity is not None:
                     self._affinity.pin(exchange.affinity_key, target.backend, self._pool.clock())
                 return
+            except Unsupported as error:  # this backend cannot do what the request asks: maybe the next
+                last_error = error
+                continue
             except BackendError as error:
                 if exchange.started:
                     return
@@ -374,9 +383,19 @@ class Relay:
         try:  # from here on the slot is released on every way out, exceptions and cancellation included
             self._pool.note_traffic(runtime)
             # answers name the model that produced them, as same-dialect answers relayed as bytes do
-            translation = translator(exchange.api, KINDS[backend.kind].dialect, client_model=target.model)
-            exchange.translation = translation
-            body = self._upstream_body(exchange, translation, target.model)
+            kind = KINDS[backend.kind]
+            try:
+                translation = translator(
+                    exchange.api,
+                    kind.dialect,
+                    client_model=target.model,
+                    capabilities=kind.capabilities,
+                    body=exchange.body,
+                )
+                exchange.translation = translation
+                body = self._upstream_body(exchange, translation, target.model)
+            except Unsupported as unsupported:  # named here: the codecs do not know which backend it is
+                raise _named(unsupported, runtime) from None
             headers = {"Content-Type": "application/json", **auth_headers(backend)}
             if translation.passthrough and translation.upstream.forwarded_headers:
                 headers.update(_forwarded(exchange.headers, translation.upstream.forwarded_headers))
@@ -398,6 +417,7 @@ class Relay:
                     status=upstream.status,
                     body=await upstream.read(),
                     backend=backend.id,
+                    headers=_passed_on(upstream.headers),
                 )
             exchange.backend = backend.id
             total = backend.timeouts.total_seconds
@@ -433,7 +453,11 @@ class Relay:
 
     def _failed(self, runtime: BackendRuntime, error: BackendError) -> None:
         exchange_error = error.message
-        counts_against_health = not (isinstance(error, UpstreamStatus) and error.status < 500)
+        # one rule for every dialect: an answer the backend gave (an HTTP 4xx, an error event in its
+        # stream) is not a failure of the backend; relayed bytes are never parsed for errors at all
+        counts_against_health = not (
+            isinstance(error, BackendReported) or (isinstance(error, UpstreamStatus) and error.status < 500)
+        )
         if counts_against_health:
             runtime.health.request_failed(self._pool.clock(), exchange_error)
         self._metrics.attempts.inc((runtime.config.id, error.code or "error"))
@@ -519,6 +543,21 @@ class Relay:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except OSError:  # pragma: no cover - the client is gone too
             pass
+
+
+def _named(error: Unsupported, runtime: BackendRuntime) -> Unsupported:
+    """``error`` with the backend it is about, and its kind, named first."""
+    kind = KINDS[runtime.config.kind].capabilities.kind
+    return Unsupported(f"backend {runtime.config.id} ({kind}) {error.message}", param=error.param)
+
+
+def _passed_on(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of an upstream error a client acts on: when to retry, and the backend's rate limits."""
+    return {
+        lowered: value
+        for name, value in headers.items()
+        if (lowered := name.lower()) == "retry-after" or lowered.startswith("x-ratelimit-")
+    }
 
 
 def _is_stream(upstream: UpstreamResponse, framing: Framing) -> bool:

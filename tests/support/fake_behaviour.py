@@ -31,12 +31,16 @@ class Behaviour:
     #: answer with this HTTP status and the dialect's error body instead of a reply
     fail_status: int | None = None
     #: None: faults apply to every request. N: only the next N faulted requests see a fault, then every
-    #: fault field (fail_status, garbage, hang, die_after_chunks) is cleared
+    #: fault field (fail_status, garbage, hang, die_after_chunks, error_after_chunks) is cleared
     fail_times: int | None = None
     #: answer 200 with a body that is not JSON (garbage SSE / NDJSON lines for streams)
     garbage: bool = False
     #: streams only: after this many content pieces, abort the TCP connection (no chunked terminator)
     die_after_chunks: int | None = None
+    #: streams only: after this many content pieces, the next piece and an in-band error event (the
+    #: dialect's, as the real server sends one when generation fails) go out in one write, and the stream
+    #: ends there; 0: the head, the first piece and the error are the first write
+    error_after_chunks: int | None = None
     #: accept the request and never answer, until the client goes away or ``hang`` is set to False
     hang: bool = False
     #: also apply fail_status / garbage / hang to model listings and health probes (normally only to
@@ -66,12 +70,18 @@ class Behaviour:
             self.fail_status is not None
             or self.garbage
             or self.hang
-            or (streaming and self.die_after_chunks is not None)
+            or (streaming and (self.die_after_chunks is not None or self.error_after_chunks is not None))
         )
 
     def without_faults(self) -> Behaviour:
         return dataclasses.replace(
-            self, fail_status=None, fail_times=None, garbage=False, hang=False, die_after_chunks=None
+            self,
+            fail_status=None,
+            fail_times=None,
+            garbage=False,
+            hang=False,
+            die_after_chunks=None,
+            error_after_chunks=None,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -85,7 +95,7 @@ _FLOAT_FIELDS = {
     "retry_after",
 }
 _BOOL_FIELDS = {"garbage", "hang", "fail_probes", "loading"}
-_OPTIONAL_FIELDS = {"fail_status", "fail_times", "die_after_chunks", "retry_after"}
+_OPTIONAL_FIELDS = {"fail_status", "fail_times", "die_after_chunks", "error_after_chunks", "retry_after"}
 _MINIMUM = {"chunks": 1, "max_concurrency": 1, "dim": 1, "fail_status": 100}
 
 

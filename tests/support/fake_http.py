@@ -37,7 +37,9 @@ class Dialect(enum.Enum):
 
 
 #: model requests: faults apply to them and they count as in flight
-OPENAI_INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+OPENAI_INFERENCE_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/infill"}  # /infill: llama-server's
+)
 OLLAMA_INFERENCE_PATHS = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
 INFERENCE_PATHS = OPENAI_INFERENCE_PATHS | OLLAMA_INFERENCE_PATHS
 #: faults apply to these too, but they are not counted in flight
@@ -90,6 +92,29 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+#: what the in-band error event of ``error_after_chunks`` says
+STREAM_ERROR_MESSAGE = "model runner has unexpectedly stopped"
+
+
+def openai_stream_error() -> bytes:
+    """The SSE event an OpenAI-compatible server sends when generation fails mid-stream."""
+    error = {"message": STREAM_ERROR_MESSAGE, "type": "server_error", "param": None, "code": None}
+    return f"data: {dumps({'error': error})}\n\n".encode()
+
+
+def ollama_stream_error() -> bytes:
+    """The NDJSON line Ollama sends when generation fails mid-stream."""
+    return f"{dumps({'error': STREAM_ERROR_MESSAGE})}\n".encode()
+
+
+#: the rate-limit headers OpenAI sends with a 429 (the fake's OpenAI dialect sends them too)
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "60",
+    "x-ratelimit-remaining-requests": "0",
+    "x-ratelimit-reset-requests": "1s",
+}
+
+
 def retry_headers(status: int, behaviour: Behaviour) -> dict[str, str]:
     if status in (429, 503) and behaviour.retry_after is not None:
         return {"Retry-After": f"{behaviour.retry_after:g}"}
@@ -115,7 +140,10 @@ def openai_error(
     if status == 429 and code is None:
         code = "rate_limit_exceeded"
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    return web.json_response(body, status=status, headers=retry_headers(status, behaviour), dumps=dumps)
+    headers = retry_headers(status, behaviour)
+    if status == 429:
+        headers.update(RATE_LIMIT_HEADERS)
+    return web.json_response(body, status=status, headers=headers, dumps=dumps)
 
 
 def ollama_error(status: int, message: str, behaviour: Behaviour) -> web.Response:
@@ -150,14 +178,17 @@ async def write_stream(
     head: Sequence[bytes],
     pieces: Sequence[bytes],
     tail: Sequence[bytes | Callable[[], bytes]],
+    error: bytes | None = None,
 ) -> web.StreamResponse:
     """Send ``head`` frames, then the content ``pieces`` (``chunk_delay_seconds`` apart), then ``tail``
     (a callable frame is rendered when its turn comes, so it can report the stream's duration).
 
     With ``die_after_chunks`` K in the request's behaviour, the TCP connection is aborted right after the
-    K-th piece: the client sees a body cut short without the chunked terminator. A client that goes away
-    while writing is counted as a disconnect and the (incomplete) response is returned; cancellation
-    propagates (the middleware counts it).
+    K-th piece: the client sees a body cut short without the chunked terminator. With
+    ``error_after_chunks`` K, piece K and the ``error`` frame (the dialect's in-band error event) go out
+    in one write and the stream ends there (K = 0: together with the head, as the first write). A
+    client that goes away while writing is counted as a disconnect and the (incomplete) response is
+    returned; cancellation propagates (the middleware counts it).
     """
     behaviour = request[BEHAVIOUR]
     state = request.app[STATE]
@@ -165,9 +196,16 @@ async def write_stream(
     try:
         if behaviour.first_chunk_delay_seconds > 0:
             await anyio.sleep(behaviour.first_chunk_delay_seconds)
+        error_at = behaviour.error_after_chunks if error is not None else None
+        if error_at == 0 and error is not None:
+            await response.write(b"".join(head) + (pieces[0] if pieces else b"") + error)
+            return response
         for frame in head:
             await response.write(frame)
         for index, piece in enumerate(pieces):
+            if error_at is not None and error is not None and index == error_at:
+                await response.write(piece + error)
+                return response
             if behaviour.die_after_chunks is not None and index >= behaviour.die_after_chunks:
                 await _abort_connection(request)
                 return response

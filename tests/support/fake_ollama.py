@@ -4,7 +4,9 @@
 Chat and generate stream NDJSON by default (``"stream": false`` asks for one object); the last line has
 ``done: true``, ``done_reason``, the token counts and the durations in nanoseconds. A generate without a
 prompt (or a chat without messages) only "loads" the model and answers ``done_reason: "load"``, as Ollama
-does.
+does. A generate with a ``suffix`` fills in the middle. ``logprobs: true`` (with ``top_logprobs``) gives
+each content line its ``logprobs`` list (a whole answer: one entry per piece), in the shape Ollama
+shares with OpenAI: ``{"token", "logprob", "bytes", "top_logprobs": [...]}``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,23 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.fake_http import BEHAVIOUR, BODY, STATE, dumps, find_model, ollama_error, write_stream
+from tests.support.fake_http import (
+    BEHAVIOUR,
+    BODY,
+    STATE,
+    dumps,
+    find_model,
+    ollama_error,
+    ollama_stream_error,
+    write_stream,
+)
 from tests.support.fake_replies import (
     content_text,
     embedding_inputs,
     embedding_vector,
+    infill_text,
     last_user_text,
+    piece_logprobs,
     reply_text,
     split_chunks,
     word_count,
@@ -172,6 +185,14 @@ def _pieces_and_finish(body: dict[str, Any], text: str, chunks: int) -> tuple[li
     return pieces, "stop"
 
 
+def _logprobs(body: dict[str, Any], pieces: list[str]) -> dict[str, Any]:
+    """``{"logprobs": [...]}`` for ``pieces`` when the body asks for them, else nothing."""
+    if body.get("logprobs") is not True:
+        return {}
+    top = body.get("top_logprobs")
+    return {"logprobs": [piece_logprobs(piece, top if isinstance(top, int) else 0) for piece in pieces]}
+
+
 def _final_fields(done_reason: str, prompt_tokens: int, eval_count: int, started_ns: int) -> dict[str, Any]:
     total = max(time.perf_counter_ns() - started_ns, PROMPT_EVAL_DURATION_NS + 1)
     return {
@@ -221,6 +242,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 "model": model,
                 "created_at": _timestamp(),
                 "message": {"role": "assistant", "content": "".join(pieces)},
+                **_logprobs(body, pieces),
                 **_final_fields(finish, prompt_tokens, len(pieces), started_ns),
             },
             dumps=dumps,
@@ -232,6 +254,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 "model": model,
                 "created_at": _timestamp(),
                 "message": {"role": "assistant", "content": content},
+                **_logprobs(body, [content]),
                 "done": False,
             }
         )
@@ -252,6 +275,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         head=[],
         pieces=[line(piece) for piece in pieces],
         tail=[final],
+        error=ollama_stream_error(),
     )
 
 
@@ -269,7 +293,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
             dumps=dumps,
         )
     prompt = content_text(prompt)
-    pieces, finish = _pieces_and_finish(body, reply_text(prompt), request[BEHAVIOUR].chunks)
+    suffix = body.get("suffix")
+    text = infill_text(prompt, suffix) if isinstance(suffix, str) and suffix else reply_text(prompt)
+    pieces, finish = _pieces_and_finish(body, text, request[BEHAVIOUR].chunks)
     prompt_tokens = word_count(prompt)
     context = list(range(prompt_tokens + len(pieces)))
 
@@ -279,6 +305,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 "model": model,
                 "created_at": _timestamp(),
                 "response": "".join(pieces),
+                **_logprobs(body, pieces),
                 **_final_fields(finish, prompt_tokens, len(pieces), started_ns),
                 "context": context,
             },
@@ -286,7 +313,15 @@ async def generate(request: web.Request) -> web.StreamResponse:
         )
 
     content_lines = [
-        ndjson_line({"model": model, "created_at": _timestamp(), "response": piece, "done": False})
+        ndjson_line(
+            {
+                "model": model,
+                "created_at": _timestamp(),
+                "response": piece,
+                **_logprobs(body, [piece]),
+                "done": False,
+            }
+        )
         for piece in pieces
     ]
 
@@ -302,7 +337,12 @@ async def generate(request: web.Request) -> web.StreamResponse:
         )
 
     return await write_stream(
-        request, web.StreamResponse(headers=NDJSON_HEADERS), head=[], pieces=content_lines, tail=[final]
+        request,
+        web.StreamResponse(headers=NDJSON_HEADERS),
+        head=[],
+        pieces=content_lines,
+        tail=[final],
+        error=ollama_stream_error(),
     )
 
 

@@ -19,6 +19,33 @@ def reply_text(prompt: str) -> str:
     return REPLY_PREFIX + prompt
 
 
+def infill_text(prefix: str, suffix: str) -> str:
+    """The middle the fake fills in between ``prefix`` and ``suffix`` (a prefix-only answer differs)."""
+    return reply_text(f"{prefix} [...] {suffix}")
+
+
+#: the log probability the fake gives the token it chose, and the one it gives each alternative
+CHOSEN_LOGPROB = -0.25
+ALTERNATIVE_LOGPROB = -3.5
+
+
+def piece_logprobs(piece: str, top: int) -> dict[str, Any]:
+    """The logprobs entry of one piece (the fake's token), in the shape OpenAI and Ollama share:
+    ``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}, ...]}`` with
+    ``top`` alternatives, the chosen token first."""
+    alternatives = [{"token": piece, "logprob": CHOSEN_LOGPROB, "bytes": list(piece.encode())}]
+    alternatives += [
+        {"token": f"alt{i}", "logprob": ALTERNATIVE_LOGPROB, "bytes": list(f"alt{i}".encode())}
+        for i in range(1, top)
+    ]
+    return {
+        "token": piece,
+        "logprob": CHOSEN_LOGPROB,
+        "bytes": list(piece.encode()),
+        "top_logprobs": alternatives[:top],
+    }
+
+
 def split_chunks(text: str, chunks: int) -> list[str]:
     """``text`` cut into exactly ``chunks`` consecutive pieces of near-equal length (some may be empty).
 

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gatewayd.config import Backend, BackendKind
+from gatewayd.gateway.core.capability import PLAIN, Capabilities, Infill
 from gatewayd.gateway.core.metadata import ModelInfo, from_ollama_tag, from_openai_model
 from gatewayd.gateway.core.profile import DialectProfile
 from gatewayd.gateway.dialects import anthropic, ollama, openai_chat
@@ -35,6 +36,8 @@ class Kind:
     model_ids: Callable[[Any], tuple[str, ...] | None]
     #: what each entry of that list says about its model (context length, size...), by model id
     listed_info: Callable[[Any], dict[str, ModelInfo] | None]
+    #: what its servers accept beyond the dialect: infill, the token-limit field, extra sampling options
+    capabilities: Capabilities = PLAIN
     #: GET path probed before the model list, answering 200 while the server is healthy (None: none)
     health_path: str | None = None
     #: whether the server reports its idle slots at GET /slots (llama-server)
@@ -68,8 +71,15 @@ def _ollama_listed_info(payload: Any) -> dict[str, ModelInfo] | None:
 
 KINDS: Mapping[BackendKind, Kind] = MappingProxyType(
     {
+        # OpenAI itself: /v1/completions takes a suffix; chat wants max_completion_tokens (its reasoning
+        # models refuse max_tokens, every model accepts it); no field it does not know
         BackendKind.OPENAI: Kind(
-            openai_chat.OPENAI, "/v1/models", "/v1/models", openai_chat.model_ids, _openai_listed_info
+            openai_chat.OPENAI,
+            "/v1/models",
+            "/v1/models",
+            openai_chat.model_ids,
+            _openai_listed_info,
+            capabilities=Capabilities("openai", Infill.COMPLETIONS, max_tokens_field="max_completion_tokens"),
         ),
         BackendKind.LLAMA_SERVER: Kind(
             openai_chat.OPENAI,
@@ -77,19 +87,27 @@ KINDS: Mapping[BackendKind, Kind] = MappingProxyType(
             "/v1/models",
             openai_chat.model_ids,
             _openai_listed_info,
+            capabilities=Capabilities("llama-server", Infill.LLAMA_INFILL, extra_sampling=True),
             health_path="/health",
             reports_slots=True,
         ),
+        # vLLM refuses a completion's suffix ("suffix is not currently supported")
         BackendKind.VLLM: Kind(
             openai_chat.OPENAI,
             "/health",
             "/v1/models",
             openai_chat.model_ids,
             _openai_listed_info,
+            capabilities=Capabilities("vllm", extra_sampling=True, repeat_penalty_field="repetition_penalty"),
             health_path="/health",
         ),
         BackendKind.OLLAMA: Kind(
-            ollama.OLLAMA, "/api/version", "/api/tags", ollama.model_ids, _ollama_listed_info
+            ollama.OLLAMA,
+            "/api/version",
+            "/api/tags",
+            ollama.model_ids,
+            _ollama_listed_info,
+            capabilities=Capabilities("ollama", Infill.GENERATE, choices=False),
         ),
         BackendKind.ANTHROPIC: Kind(
             anthropic.ANTHROPIC,

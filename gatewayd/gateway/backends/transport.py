@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextvars import ContextVar
@@ -24,6 +25,8 @@ import anyio
 
 from gatewayd.config import Timeouts
 from gatewayd.errors import BackendRefused, BackendTimeout, BackendUnavailable, BadGateway, Draining
+
+log = logging.getLogger("gatewayd.transport")
 
 #: a pooled connection unused for this long is closed (backends often close theirs at 5 to 60 s)
 POOL_IDLE_SECONDS = 4.0
@@ -70,7 +73,7 @@ class UpstreamResponse:
                 backend=self._backend,
             ) from None
         except (aiohttp.ClientError, OSError) as error:
-            raise _lost(error, self._backend, self._session) from error
+            raise _lost(error, self._backend, self._session, "its answer") from error
         except RuntimeError as error:  # aiohttp on a connection its closed session dropped
             if self._session.closed:
                 raise Draining() from error
@@ -92,7 +95,7 @@ class UpstreamResponse:
                     f"backend {self._backend} went silent for {idle:g} s mid-stream", backend=self._backend
                 ) from None
             except (aiohttp.ClientError, OSError) as error:
-                raise _lost(error, self._backend, self._session) from error
+                raise _lost(error, self._backend, self._session, "the stream") from error
             except RuntimeError as error:
                 if self._session.closed:
                     raise Draining() from error
@@ -253,8 +256,9 @@ class Transport:
                     continue
                 raise _unavailable(error, backend) from error
             except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as error:
+                log.warning("backend %s sent an invalid HTTP response: %r", backend, error)
                 raise BadGateway(
-                    f"backend {backend} sent an invalid HTTP response: {error}", backend=backend
+                    f"backend {backend} sent an invalid HTTP response", backend=backend
                 ) from error
             except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as error:
                 if session.closed:
@@ -293,13 +297,13 @@ def _unavailable(error: BaseException, backend: str) -> BackendUnavailable:
 
 
 def _lost(
-    error: BaseException, backend: str, session: aiohttp.ClientSession
+    error: BaseException, backend: str, session: aiohttp.ClientSession, what: str
 ) -> Draining | BackendUnavailable:
-    """The error for a body cut short: Draining when our own session was closed under it (the gateway is
-    restarting), else the backend's doing."""
+    """The error for a body cut short while ``what`` (the stream, its answer) was being read: Draining when
+    our own session was closed under it (the gateway is restarting), else the backend's doing. The client is
+    told what happened in its terms; the HTTP client's own wording (``TransferEncodingError: 400,
+    message='Not enough data...'``) goes to the log only."""
     if session.closed:
         return Draining()
-    detail = str(error) or type(error).__name__
-    return BackendUnavailable(
-        f"backend {backend} closed the connection mid-response: {detail}", backend=backend
-    )
+    log.warning("backend %s: connection lost mid-body: %r", backend, error)
+    return BackendUnavailable(f"backend {backend} closed {what} before it ended", backend=backend)

@@ -13,7 +13,7 @@ cannot express is dropped by its encoder (and listed in that dialect module's do
       messages: Message(role, parts=(Text | Image | Thinking | ToolCall | ToolResult, ...))
       tools: Tool(name, description, parameters)   tool_choice: ToolChoice
       sampling: Sampling(max_tokens, temperature, ..., stop)   output: OutputFormat   reasoning: Reasoning
-    ChatResponse(parts=(Text | Thinking | ToolCall, ...), stop_reason, usage)
+    ChatResponse(parts=(Text | Thinking | ToolCall, ...), stop_reason, usage, logprobs)
     ChatEvent = MessageStart | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Finish
 """
 
@@ -184,11 +184,24 @@ class ChatRequest:
     reasoning: Reasoning = Reasoning()  # frozen: one shared default
     #: logprobs wanted: None for none, else how many alternatives per token (0: only the chosen token)
     top_logprobs: int | None = None
+    #: answers wanted (OpenAI's ``n``); a backend that gives one per request refuses more (Unsupported)
+    choices: int = 1
     #: the client's end-user id (OpenAI ``user``, Anthropic ``metadata.user_id``), for backends that log it
     user: str | None = None
 
 
 # --- the answer -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token and its log probability; ``top`` holds the most likely alternatives at its
+    position (each with an empty ``top``). ``bytes`` is its UTF-8, where the backend gave it."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    top: tuple[TokenLogprob, ...] = ()
 
 
 class StopReason(enum.StrEnum):
@@ -212,6 +225,9 @@ class ChatResponse:
     created: int | None = None
     #: the stop sequence that matched, where the backend said which
     stop_sequence: str | None = None
+    #: the answer's tokens with their log probabilities, when asked for (``ChatRequest.top_logprobs``)
+    #: and given by the backend; None otherwise (dialects without logprobs ignore it)
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 # --- stream events ----------------------------------------------------------------------------------------
@@ -230,6 +246,8 @@ class MessageStart:
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+    #: the log probabilities of this piece's tokens, when asked for and given (empty otherwise)
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+from gatewayd.gateway.core.capability import PLAIN, Capabilities
 from gatewayd.gateway.core.chat import ChatEvent, ChatRequest, ChatResponse
 
 #: a JSON object as parsed by ``json.loads``
@@ -83,6 +84,8 @@ class BackendCodec(abc.ABC):
 
     #: the path of the endpoint on the backend, relative to its API root
     path: str
+    #: what the backend's kind accepts beyond the dialect (the registry sets it for each request)
+    capabilities: Capabilities = PLAIN
 
     @abc.abstractmethod
     def encode_request(self, request: ChatRequest, *, model: str) -> Payload:

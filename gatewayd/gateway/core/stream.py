@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from gatewayd.errors import BadGateway, RequestError
@@ -117,7 +118,7 @@ class RelayedStream(StreamMachine):
 class TranslatedStream(StreamMachine):
     """Another dialect: upstream events decoded, translated, and framed in the client's dialect."""
 
-    __slots__ = ("_client", "_decoder", "_done_data", "_stream")
+    __slots__ = ("_client", "_decoder", "_done_data", "_error", "_stream")
 
     def __init__(self, translation: Translator, backend: str | None, *, started: bool) -> None:
         super().__init__(backend, started=started)
@@ -125,19 +126,30 @@ class TranslatedStream(StreamMachine):
         self._client = translation.client
         self._done_data = translation.upstream.done_data
         self._decoder = _decoder(translation.upstream)
+        #: an error met after events of the same chunk: raised by ``end``, once those events are out
+        self._error: BadGateway | None = None
 
     @property
     def usage(self) -> Usage:
         return self._stream.usage
 
     def feed(self, data: bytes) -> bytes:
+        """The translated events of ``data``. An error met mid-chunk (an error event the backend sent,
+        an event that is not JSON) comes after the events before it: those are returned, the machine is
+        ``finished`` and ``end`` raises the error; with no event before it, it is raised at once."""
         encode = self._client.encode
         out: list[bytes] = []
-        for payload in _parse(self._decoder, data, self._done_data):
-            if payload is None:
-                self.finished = True
-                break
-            out.extend(encode(p) for p in self._stream.event(payload))
+        try:
+            for payload in _events(self._decoder, data, self._done_data):
+                if payload is None:
+                    self.finished = True
+                    break
+                out.extend(encode(p) for p in self._stream.event(payload))
+        except BadGateway as error:
+            if not out:
+                raise
+            self._error = error
+            self.finished = True
         if not out:
             return b""
         self.events += len(out)
@@ -145,6 +157,8 @@ class TranslatedStream(StreamMachine):
         return b"".join(out)
 
     def end(self) -> bytes:
+        if self._error is not None:
+            raise self._error
         if self._done_data is not None and not self.finished:
             raise BadGateway(f"backend {self._backend} ended the stream early", backend=self._backend)
         encode = self._client.encode
@@ -180,20 +194,24 @@ def _decoder(dialect: DialectProfile) -> SSEDecoder | NDJSONDecoder:
 def _parse(decoder: SSEDecoder | NDJSONDecoder, data: bytes, done_data: str | None) -> list[Any]:
     """Parsed upstream events in ``data``; None stands for the SSE event whose data is ``done_data``
     (and ends the list). Raises BadGateway on bad JSON."""
-    events: list[Any] = []
+    return list(_events(decoder, data, done_data))
+
+
+def _events(decoder: SSEDecoder | NDJSONDecoder, data: bytes, done_data: str | None) -> Iterator[Any]:
+    """``_parse``, one event at a time: the events before a bad one are yielded before BadGateway."""
     try:
         if isinstance(decoder, SSEDecoder):
             for event in decoder.feed(data):
                 if event.data == done_data:
-                    events.append(None)
-                    break
+                    yield None
+                    return
                 if event.data:
-                    events.append(json.loads(event.data))
+                    yield json.loads(event.data)
         else:
-            events.extend(json.loads(line) for line in decoder.feed(data))
+            for line in decoder.feed(data):
+                yield json.loads(line)
     except ValueError:
         raise BadGateway("backend sent a stream event that is not JSON") from None
-    return events
 
 
 def _scan_usage(complete: bytes, dialect: DialectProfile, tap: StreamTranslator) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from dataclasses import replace
 
+from gatewayd.gateway.core.capability import PLAIN, Capabilities
 from gatewayd.gateway.core.chat import ChatEvent, ChatResponse, Finish, MessageStart
 from gatewayd.gateway.core.codec import BackendCodec, ClientCodec, StreamDecoder, StreamEncoder
 from gatewayd.gateway.core.profile import DialectProfile, Payload
@@ -68,6 +69,8 @@ class Translator(abc.ABC):
     passthrough: bool = False
     #: the path on the backend, relative to its API root
     upstream_path: str
+    #: what the backend's kind accepts beyond the dialect (the registry sets it for each request)
+    capabilities: Capabilities = PLAIN
 
     def __init__(self, client: DialectProfile, upstream: DialectProfile, *, client_model: str) -> None:
         #: the client's dialect: how the client's stream is framed and ended

@@ -8,7 +8,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from gatewayd.errors import BadGateway, BadRequest
+from gatewayd.errors import BackendReported, BadGateway, BadRequest
+from gatewayd.gateway.core.chat import TokenLogprob
 from gatewayd.gateway.core.profile import Payload
 
 
@@ -20,13 +21,13 @@ def expect_dict(value: object, what: str) -> Payload:
 
 
 def reported_error(payload: Payload) -> None:
-    """Raise ``BadGateway`` if an upstream payload is an error report (``{"error": "..."}`` or
+    """Raise ``BackendReported`` if an upstream payload is an error report (``{"error": "..."}`` or
     ``{"error": {"message": "..."}}``)."""
     error = payload.get("error")
     if error is None:
         return
     message = error.get("message") if isinstance(error, dict) else error
-    raise BadGateway(f"backend reported an error: {message}")
+    raise BackendReported(f"backend reported an error: {message}")
 
 
 def new_id(prefix: str) -> str:
@@ -62,3 +63,44 @@ def parse_arguments(arguments: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def decode_logprobs(entries: object) -> tuple[TokenLogprob, ...] | None:
+    """Token logprobs in the shape OpenAI's chat (``choices[].logprobs.content``) and Ollama
+    (``logprobs``) share: ``[{"token", "logprob", "bytes", "top_logprobs": [...]}]``; None when absent.
+    Entries of another shape are skipped, never guessed."""
+    if not isinstance(entries, list):
+        return None
+    return tuple(
+        TokenLogprob(
+            entry["token"],
+            float(entry["logprob"]),
+            _bytes(entry.get("bytes")),
+            decode_logprobs(entry.get("top_logprobs")) or (),
+        )
+        for entry in entries
+        if isinstance(entry, dict)
+        and isinstance(entry.get("token"), str)
+        and isinstance(entry.get("logprob"), int | float)
+    )
+
+
+def encode_logprobs(logprobs: tuple[TokenLogprob, ...], *, top: bool = True) -> list[Payload]:
+    """``decode_logprobs``'s shape for ``logprobs`` (alternatives without their own ``top_logprobs``)."""
+    out: list[Payload] = []
+    for item in logprobs:
+        entry: Payload = {
+            "token": item.token,
+            "logprob": item.logprob,
+            "bytes": list(item.bytes) if item.bytes is not None else None,
+        }
+        if top:
+            entry["top_logprobs"] = encode_logprobs(item.top, top=False)
+        out.append(entry)
+    return out
+
+
+def _bytes(value: object) -> tuple[int, ...] | None:
+    if isinstance(value, list) and all(type(b) is int for b in value):
+        return tuple(value)
+    return None

@@ -4,6 +4,7 @@
     openai_chat.py       OpenAI /v1: profile (OPENAI), chat ClientCodec and BackendCodec
     ollama.py            Ollama /api: profile (OLLAMA), chat and generate ClientCodecs, chat BackendCodec
     completions.py       raw completions: /v1/completions <-> /api/generate (direct translators)
+    infill.py            fill in the middle on llama-server: completions with a suffix <-> its /infill
     embeddings.py        embeddings: /v1/embeddings <-> /api/embed, /api/embeddings (direct translators)
 
 Adding a dialect: one module here with a ``core.profile.DialectProfile`` (framing, end marker, usage

@@ -4,23 +4,39 @@
     /api/generate on an OpenAI backend    -> /v1/chat/completions (system + user message), or
                                              /v1/completions when ``raw``
 
-Carried over: the prompt (one string; Ollama's ``system`` and ``images`` become chat messages), ``stream``
-(with ``stream_options.include_usage`` where the client or the usage count needs it), ``format``, and the
-sampling settings ``temperature``, ``top_p``, ``seed``, ``frequency_penalty``, ``presence_penalty``,
-``stop`` and the token limit (``max_tokens`` <-> a positive ``num_predict``). Dropped: every other field
-(``n``, ``best_of``, ``echo``, ``suffix``, ``logprobs``, ``template``, ``context``, other options...).
-Refused with ``BadRequest``: several prompts or token-array prompts for an Ollama backend.
+Carried over: the prompt (one string; Ollama's ``system`` and ``images`` become chat messages), a
+``suffix`` (fill in the middle: /api/generate without ``raw``, or /v1/completions, where the registry
+sends it; llama-server's /infill is ``dialects.infill``), ``stream`` (with
+``stream_options.include_usage`` where the client or the usage count needs it), ``format``, the sampling
+settings ``temperature``, ``top_p``, ``seed``, ``frequency_penalty``, ``presence_penalty``, ``top_k``,
+``min_p``, ``repeat_penalty`` and other backend options (to llama-server and vLLM only: OpenAI refuses
+them), ``stop``, the token limit (``max_tokens`` <-> a positive ``num_predict``; ``max_completion_tokens``
+for OpenAI's chat), and on /api/generate over chat ``logprobs``/``top_logprobs``. Dropped: every other
+field (``best_of``, ``echo``, the logprobs of /v1/completions and of a ``raw`` generate, ``template``,
+``context``...). Refused with ``BadRequest``: several prompts or token-array prompts for an Ollama
+backend; with ``Unsupported``: ``n`` > 1 for an Ollama backend.
 """
 
 from __future__ import annotations
 
-from gatewayd.errors import BadGateway, BadRequest
+from gatewayd.errors import BadGateway, BadRequest, Unsupported
+from gatewayd.gateway.core.capability import Capabilities
+from gatewayd.gateway.core.chat import TokenLogprob
 from gatewayd.gateway.core.profile import Payload
 from gatewayd.gateway.core.translation import StreamTranslator, Translator
 from gatewayd.gateway.core.usage import Usage
-from gatewayd.gateway.core.wire import expect_dict, new_id, now_seconds, options_stop, reported_error, rfc3339
-from gatewayd.gateway.dialects.ollama import OLLAMA, ollama_usage
-from gatewayd.gateway.dialects.openai_chat import OPENAI, openai_usage
+from gatewayd.gateway.core.wire import (
+    decode_logprobs,
+    encode_logprobs,
+    expect_dict,
+    new_id,
+    now_seconds,
+    options_stop,
+    reported_error,
+    rfc3339,
+)
+from gatewayd.gateway.dialects.ollama import OLLAMA, ONE_CHOICE, decode_options, ollama_usage
+from gatewayd.gateway.dialects.openai_chat import OPENAI, decode_sampling, encode_extra_sampling, openai_usage
 
 #: sampling fields with the same name in OpenAI's body and Ollama's ``options``
 _SAMPLING_FIELDS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
@@ -50,7 +66,16 @@ class OpenAICompletionsOverOllama(Translator):
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise BadRequest("Ollama backends take one prompt, as a string", param="prompt")
-        upstream: Payload = {"model": model, "prompt": prompt, "raw": True, "stream": stream}
+        if body.get("n") not in (None, 1):
+            raise Unsupported(ONE_CHOICE, param="n")
+        upstream: Payload = {"model": model, "prompt": prompt, "stream": stream}
+        suffix = body.get("suffix")
+        if suffix:  # fill in the middle: Ollama applies the model's FIM template, which raw would skip
+            if not isinstance(suffix, str):
+                raise BadRequest("'suffix' must be a string", param="suffix")
+            upstream["suffix"] = suffix
+        else:
+            upstream["raw"] = True
         self._include_usage = _add_options(upstream, body, stream=stream)
         return upstream
 
@@ -134,11 +159,9 @@ class _TextChunks(StreamTranslator):
 
 def _add_options(upstream: Payload, body: Payload, *, stream: bool) -> bool:
     """Fill ``upstream["options"]``; return whether a streamed answer should end with a usage chunk."""
-    options: Payload = {}
-    for name in _SAMPLING_FIELDS:
-        value = body.get(name)
-        if value is not None:
-            options[name] = value
+    sampling = decode_sampling(body)
+    options: Payload = dict(sampling.pop("extra", {}))
+    options.update(sampling)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
         options["num_predict"] = max_tokens
@@ -177,10 +200,15 @@ class OllamaGenerateOverOpenAI(Translator):
         if not isinstance(prompt, str):
             raise BadRequest("'prompt' must be a string", param="prompt")
         upstream: Payload = {"model": model}
-        if body.get("raw") is True:
+        suffix = body.get("suffix")
+        if body.get("raw") is True or suffix:
             self._chat_upstream = False
             self.upstream_path = "/v1/completions"
             upstream["prompt"] = prompt
+            if suffix:  # the registry sends a suffix here only to a kind whose completions take it
+                if not isinstance(suffix, str):
+                    raise BadRequest("'suffix' must be a string", param="suffix")
+                upstream["suffix"] = suffix
         else:
             messages: list[Payload] = []
             system = body.get("system")
@@ -190,7 +218,15 @@ class OllamaGenerateOverOpenAI(Translator):
                 _openai_message({"role": "user", "content": prompt, "images": body.get("images")})
             )
             upstream["messages"] = messages
-        _add_generation_fields(upstream, body, stream=stream)
+        if self._chat_upstream and body.get("logprobs") is True:
+            upstream["logprobs"] = True
+            top = body.get("top_logprobs")
+            if type(top) is int and top > 0:
+                upstream["top_logprobs"] = top
+        limit_field = self.capabilities.max_tokens_field if self._chat_upstream else "max_tokens"
+        _add_generation_fields(
+            upstream, body, stream=stream, capabilities=self.capabilities, limit=limit_field
+        )
         return upstream
 
     def response(self, upstream: object) -> Payload:
@@ -206,6 +242,9 @@ class OllamaGenerateOverOpenAI(Translator):
         out: Payload = {"model": self.client_model, "created_at": _created_at(body), "response": text or ""}
         if thinking:
             out["thinking"] = thinking
+        logprobs = _chat_logprobs(choice) if self._chat_upstream else None
+        if logprobs is not None:
+            out["logprobs"] = encode_logprobs(logprobs)
         return _final(out, choice.get("finish_reason"), openai_usage(body))
 
     def usage(self, upstream: object) -> Usage:
@@ -251,17 +290,22 @@ class _GenerateLines(StreamTranslator):
         if finish_reason:
             self._finish_reason = finish_reason
         thinking = None
+        logprobs = None
         if self._chat_upstream:
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 return []
             text = delta.get("content")
             thinking = _reasoning(delta)
+            logprobs = _chat_logprobs(choice) if choice.get("logprobs") else None
         else:
             text = choice.get("text")
         if not text and not thinking:
             return []
-        return [self._line(text or "", thinking)]
+        line = self._line(text or "", thinking)
+        if logprobs:
+            line["logprobs"] = encode_logprobs(logprobs)
+        return [line]
 
     def finish(self) -> list[Payload]:
         if self._finish_reason is None:
@@ -276,25 +320,26 @@ class _GenerateLines(StreamTranslator):
         return line
 
 
-def _add_generation_fields(upstream: Payload, body: Payload, *, stream: bool) -> None:
-    """``stream`` (with ``include_usage``), the mapped options and ``format``."""
+def _add_generation_fields(
+    upstream: Payload, body: Payload, *, stream: bool, capabilities: Capabilities, limit: str
+) -> None:
+    """``stream`` (with ``include_usage``), the mapped options (the token limit as ``limit``; options
+    OpenAI lacks only for a kind that takes them) and ``format``."""
     upstream["stream"] = stream
     if stream:
         upstream["stream_options"] = {"include_usage": True}
     options = body.get("options")
     if options is not None:
-        if not isinstance(options, dict):
-            raise BadRequest("'options' must be an object", param="options")
+        sampling = decode_options(options)
         for name in _SAMPLING_FIELDS:
-            value = options.get(name)
+            value = getattr(sampling, name)
             if value is not None:
                 upstream[name] = value
-        num_predict = options.get("num_predict")
-        if type(num_predict) is int and num_predict > 0:  # -1 (no limit) and -2 (fill context) have no equal
-            upstream["max_tokens"] = num_predict
-        stop = options_stop(options.get("stop"), "options.stop")
-        if stop:
-            upstream["stop"] = stop
+        if sampling.max_tokens is not None:
+            upstream[limit] = sampling.max_tokens
+        if sampling.stop:
+            upstream["stop"] = list(sampling.stop)
+        encode_extra_sampling(sampling, capabilities, upstream)
     response_format = _response_format(body.get("format"))
     if response_format is not None:
         upstream["response_format"] = response_format
@@ -337,6 +382,12 @@ def _first_choice(body: Payload) -> Payload:
 def _created_at(body: Payload) -> str:
     created = body.get("created")
     return rfc3339(created if isinstance(created, int | float) else now_seconds())
+
+
+def _chat_logprobs(choice: Payload) -> tuple[TokenLogprob, ...] | None:
+    """The token logprobs of an upstream chat choice (``logprobs.content``), None when it has none."""
+    logprobs = choice.get("logprobs")
+    return decode_logprobs(logprobs.get("content")) if isinstance(logprobs, dict) else None
 
 
 def _reasoning(message: Payload) -> str | None:

@@ -9,15 +9,17 @@ tool results, matched to the call they answer: by ``tool_call_id``, else the old
 their ``tool_name``, else the oldest one; calls without ids get ``call_<message>_<n>``), ``tools``,
 ``format``, ``think``, ``stream``, and the options ``temperature``, ``top_p``, ``top_k``, ``min_p``,
 ``seed``, ``frequency_penalty``, ``presence_penalty``, ``repeat_penalty``, ``stop`` and a positive
-``num_predict`` (other options are kept as backend-specific sampling extras). Dropped: ``keep_alive``,
-``logprobs``/``top_logprobs``, ``template``, ``context``, ``truncate``. Answers carry no durations but
-``total_duration: 0``, and token counts only when the backend reported them; tool calls come whole (a
-streamed call's pieces are collected and sent in one line before the last).
+``num_predict`` (other options are kept as backend-specific sampling extras), ``logprobs`` and
+``top_logprobs``. Dropped: ``keep_alive``, ``template``, ``context``, ``truncate``. Answers carry no
+durations but ``total_duration: 0``, token counts only when the backend reported them, and ``logprobs``
+when asked for; tool calls come whole (a streamed call's pieces are collected and sent in one line
+before the last).
 
 ``ChatBackend`` (Ollama servers, any client) writes all of the above but tool ids (Ollama has none; the
 tool results name the tool instead), ``tool_choice`` (tools are left out for ``"none"``),
-``parallel_tool_calls``, reasoning effort, logprobs and ``user``. Refused with ``BadRequest``: images by
-URL (the core does no IO: Ollama takes base64 only), tool-call arguments that are not a JSON object.
+``parallel_tool_calls``, reasoning effort and ``user``; it reads the answer's ``logprobs``. Refused with
+``BadRequest``: images by URL (the core does no IO: Ollama takes base64 only), tool-call arguments that
+are not a JSON object; with ``Unsupported``: more than one choice (OpenAI's ``n``: Ollama answers one).
 
 (Past 600 lines on purpose: the module is the whole dialect, both sides, and each side's decoder sits
 next to the encoder of the same shapes.)
@@ -28,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gatewayd.errors import BadGateway, BadRequest, Overloaded, RequestError, UpstreamStatus
+from gatewayd.errors import BadGateway, BadRequest, Overloaded, RequestError, Unsupported, UpstreamStatus
 from gatewayd.gateway.core.chat import (
     ChatEvent,
     ChatRequest,
@@ -48,6 +50,7 @@ from gatewayd.gateway.core.chat import (
     TextDelta,
     Thinking,
     ThinkingDelta,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -61,6 +64,8 @@ from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.profile import DialectProfile, Payload, parsed_error_body, upstream_message
 from gatewayd.gateway.core.usage import Usage, token_count
 from gatewayd.gateway.core.wire import (
+    decode_logprobs,
+    encode_logprobs,
     expect_dict,
     new_id,
     now_seconds,
@@ -109,6 +114,9 @@ class OllamaProfile(DialectProfile):
 
 
 OLLAMA = OllamaProfile()
+
+#: why a request for several choices is refused (Ollama has no ``n``; one answer could not stand for them)
+ONE_CHOICE = "answers one choice per request: ask for 'n': 1, or send the request n times"
 
 
 def chat_keepalive(model: str, backend: str) -> bytes:
@@ -177,9 +185,10 @@ class ChatClient(ClientCodec):
             messages=_decode_messages(body.get("messages")),
             stream=OLLAMA.wants_stream(body),
             tools=_decode_tools(body.get("tools")),
-            sampling=_decode_options(body.get("options")),
+            sampling=decode_options(body.get("options")),
             output=_decode_format(body.get("format")),
             reasoning=_decode_think(body.get("think")),
+            top_logprobs=_decode_logprobs_wanted(body),
         )
 
     def encode_response(self, response: ChatResponse) -> Payload:
@@ -194,7 +203,9 @@ class ChatClient(ClientCodec):
         if calls:
             message["tool_calls"] = [_encode_answer_call(call.name, call.arguments) for call in calls]
         created_at = rfc3339(response.created if response.created is not None else now_seconds())
-        out = {"model": response.model, "created_at": created_at, "message": message}
+        out: Payload = {"model": response.model, "created_at": created_at, "message": message}
+        if response.logprobs is not None:
+            out["logprobs"] = encode_logprobs(response.logprobs)
         return _final(out, response.stop_reason, response.usage)
 
     def stream_encoder(self) -> StreamEncoder:
@@ -219,9 +230,10 @@ class GenerateClient(ClientCodec):
             model=str(body.get("model", "")),
             messages=tuple(messages),
             stream=OLLAMA.wants_stream(body),
-            sampling=_decode_options(body.get("options")),
+            sampling=decode_options(body.get("options")),
             output=_decode_format(body.get("format")),
             reasoning=_decode_think(body.get("think")),
+            top_logprobs=_decode_logprobs_wanted(body),
         )
 
     def encode_response(self, response: ChatResponse) -> Payload:
@@ -231,6 +243,8 @@ class GenerateClient(ClientCodec):
         thinking = "".join(part.text for part in response.parts if isinstance(part, Thinking))
         if thinking:
             out["thinking"] = thinking
+        if response.logprobs is not None:
+            out["logprobs"] = encode_logprobs(response.logprobs)
         return _final(out, response.stop_reason, response.usage)
 
     def stream_encoder(self) -> StreamEncoder:
@@ -258,13 +272,18 @@ class _LineEncoder(StreamEncoder):
     def events(self, events: list[ChatEvent]) -> list[Payload]:
         first = events[0] if len(events) == 1 else None
         if isinstance(first, TextDelta):  # most of a stream
-            return [self._line(first.text, "")]
+            line = self._line(first.text, "")
+            if first.logprobs:
+                line["logprobs"] = encode_logprobs(first.logprobs)
+            return [line]
         text: list[str] = []
+        logprobs: list[TokenLogprob] = []
         thinking: list[str] = []
         finish: Finish | None = None
         for event in events:
             if isinstance(event, TextDelta):
                 text.append(event.text)
+                logprobs.extend(event.logprobs)
             elif isinstance(event, ThinkingDelta):
                 thinking.append(event.text)
             elif isinstance(event, ToolCallStart):
@@ -279,7 +298,10 @@ class _LineEncoder(StreamEncoder):
                 finish = event
         out: list[Payload] = []
         if text or thinking:
-            out.append(self._line("".join(text), "".join(thinking)))
+            line = self._line("".join(text), "".join(thinking))
+            if logprobs:
+                line["logprobs"] = encode_logprobs(tuple(logprobs))
+            out.append(line)
         if finish is not None:
             if self._tools and not self._generate:
                 line = self._line("", "")
@@ -393,7 +415,7 @@ def _decode_tools(tools: object) -> tuple[Tool, ...]:
     return tuple(decoded)
 
 
-def _decode_options(options: object) -> Sampling:
+def decode_options(options: object) -> Sampling:
     if options is None:
         return _NO_SAMPLING
     if not isinstance(options, dict):
@@ -412,6 +434,14 @@ def _decode_options(options: object) -> Sampling:
     if extra:
         sampling["extra"] = extra
     return Sampling(**sampling)
+
+
+def _decode_logprobs_wanted(body: Payload) -> int | None:
+    """``ChatRequest.top_logprobs`` from Ollama's ``logprobs`` (bool) and ``top_logprobs`` (int)."""
+    if body.get("logprobs") is not True:
+        return None
+    top = body.get("top_logprobs")
+    return top if type(top) is int and top > 0 else 0
 
 
 def _decode_think(think: object) -> Reasoning:
@@ -459,6 +489,8 @@ class ChatBackend(BackendCodec):
     path = "/api/chat"
 
     def encode_request(self, request: ChatRequest, *, model: str) -> Payload:
+        if request.choices > 1:
+            raise Unsupported(ONE_CHOICE, param="n")
         upstream: Payload = {
             "model": model,
             "messages": _encode_messages(request.messages),
@@ -474,6 +506,10 @@ class ChatBackend(BackendCodec):
             upstream["tools"] = [_encode_tool(tool) for tool in request.tools]
         if request.reasoning.enabled is not None:
             upstream["think"] = request.reasoning.enabled
+        if request.top_logprobs is not None:
+            upstream["logprobs"] = True
+            if request.top_logprobs:
+                upstream["top_logprobs"] = request.top_logprobs
         return upstream
 
     def decode_response(self, payload: object) -> ChatResponse:
@@ -494,6 +530,7 @@ class ChatBackend(BackendCodec):
             parts=tuple(parts),
             stop_reason=_stop_reason(bool(calls), body.get("done_reason")),
             usage=ollama_usage(body),
+            logprobs=decode_logprobs(body.get("logprobs")),
         )
 
     def stream_decoder(self) -> StreamDecoder:
@@ -526,7 +563,8 @@ class _LineDecoder(StreamDecoder):
                 events.append(ThinkingDelta(thinking))
             content = message.get("content")
             if isinstance(content, str) and content:
-                events.append(TextDelta(content))
+                logprobs = decode_logprobs(line.get("logprobs")) if "logprobs" in line else None
+                events.append(TextDelta(content, logprobs) if logprobs else TextDelta(content))
             tool_calls = message.get("tool_calls")
             if tool_calls:
                 for call in _calls(tool_calls):

@@ -6,15 +6,20 @@ object (in a stream, only with ``stream_options.include_usage``); errors as ``{"
 
 ``ChatClient`` (OpenAI clients, any backend) reads: messages (text and ``image_url`` content parts, the
 ``developer`` role as system, tool calls and tool results), ``tools``, ``tool_choice``,
-``parallel_tool_calls``, ``response_format``, ``reasoning_effort``, ``top_logprobs``, ``user``,
-``stream`` with ``stream_options.include_usage``, and ``temperature``, ``top_p``, ``seed``,
-``frequency_penalty``, ``presence_penalty``, ``max_completion_tokens``/``max_tokens``, ``stop``. Dropped:
-``n``, ``logit_bias``, ``service_tier``, ``store``, ``metadata`` and every other field. Refused with
-``BadRequest``: content parts other than text and images.
+``parallel_tool_calls``, ``response_format``, ``reasoning_effort``, ``logprobs``/``top_logprobs``,
+``user``, ``n``, ``stream`` with ``stream_options.include_usage``, and ``temperature``, ``top_p``,
+``seed``, ``frequency_penalty``, ``presence_penalty``, ``max_completion_tokens``/``max_tokens``,
+``stop``, and the extra body fields llama-server and vLLM clients send: ``top_k``, ``min_p``,
+``repeat_penalty`` (or ``repetition_penalty``) and the backend options of ``EXTRA_OPTIONS``. Dropped:
+``logit_bias``, ``service_tier``, ``store``, ``metadata`` and every other field. Refused with
+``BadRequest``: content parts other than text and images. Answers carry ``choices[0].logprobs``.
 
 ``ChatBackend`` (OpenAI-compatible servers, any client) writes all of the above but the reasoning
-settings, and drops a request's thinking parts (OpenAI has no way to send them back). It reads
-``reasoning_content`` (or ``reasoning``, as vLLM and llama-server send it) as thinking.
+settings and ``n``, and drops a request's thinking parts (OpenAI has no way to send them back). The token
+limit goes in the kind's field (``max_completion_tokens`` for OpenAI itself), and the sampling options
+OpenAI lacks only to kinds that take them (llama-server, vLLM: ``core.capability``). It reads
+``reasoning_content`` (or ``reasoning``, as vLLM and llama-server send it) as thinking, and
+``choices[0].logprobs.content``.
 
 (Past 600 lines on purpose: the module is the whole dialect, both sides, and each side's decoder sits
 next to the encoder of the same shapes.)
@@ -26,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gatewayd.errors import BadGateway, BadRequest, RequestError, UpstreamStatus
+from gatewayd.gateway.core.capability import Capabilities
 from gatewayd.gateway.core.chat import (
     ChatEvent,
     ChatRequest,
@@ -45,6 +51,7 @@ from gatewayd.gateway.core.chat import (
     TextDelta,
     Thinking,
     ThinkingDelta,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -58,13 +65,21 @@ from gatewayd.gateway.core.framing import DONE, SSE_DONE, Framing, encode_sse_co
 from gatewayd.gateway.core.jsontext import dumps
 from gatewayd.gateway.core.profile import DialectProfile, Payload, parsed_error_body, upstream_message
 from gatewayd.gateway.core.usage import Usage, token_count
-from gatewayd.gateway.core.wire import expect_dict, new_id, now_seconds, options_stop, reported_error
+from gatewayd.gateway.core.wire import (
+    decode_logprobs,
+    encode_logprobs,
+    expect_dict,
+    new_id,
+    now_seconds,
+    options_stop,
+    reported_error,
+)
 
 
 class OpenAIProfile(DialectProfile):
     name = "openai"
     framing = Framing.SSE
-    done_data = DONE
+    done_data: str | None = DONE
     end_bytes = SSE_DONE
     event_mark = b"data:"
     usage_mark = b'"usage"'
@@ -156,6 +171,24 @@ _STOP_REASONS = {
 }
 #: OpenAI sampling fields with the same name in ``core.chat.Sampling``
 _SAMPLING_FIELDS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
+#: sampling fields OpenAI lacks that llama-server and vLLM take in the same body (clients send them as
+#: extra body fields), with the same name in ``core.chat.Sampling``
+_EXTRA_FIELDS = ("top_k", "min_p")
+#: further backend sampling options read from an OpenAI body into ``Sampling.extra`` (by these names,
+#: which llama-server and Ollama share)
+EXTRA_OPTIONS = (
+    "typical_p",
+    "repeat_last_n",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "tfs_z",
+    "dynatemp_range",
+    "dynatemp_exponent",
+    "xtc_probability",
+    "xtc_threshold",
+    "top_n_sigma",
+)
 
 #: shared defaults (the values are frozen)
 _AUTO = ToolChoice()
@@ -175,9 +208,7 @@ class ChatClient(ClientCodec):
         self._include_usage = (
             stream and isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         )
-        sampling: dict[str, Any] = {
-            name: body[name] for name in _SAMPLING_FIELDS if body.get(name) is not None
-        }
+        sampling = decode_sampling(body)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is not None:
             sampling["max_tokens"] = max_tokens
@@ -200,6 +231,7 @@ class ChatClient(ClientCodec):
             reasoning=Reasoning(effort=effort) if isinstance(effort, str) else _NO_REASONING,
             top_logprobs=(top_logprobs if type(top_logprobs) is int else 0) if body.get("logprobs") else None,
             user=user if isinstance(user, str) else None,
+            choices=_choices(body.get("n")),
         )
 
     def encode_response(self, response: ChatResponse) -> Payload:
@@ -219,12 +251,61 @@ class ChatClient(ClientCodec):
             "object": "chat.completion",
             "created": response.created or now_seconds(),
             "model": response.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": _choice_logprobs(response.logprobs),
+                    "finish_reason": finish_reason,
+                }
+            ],
             "usage": _encode_usage(response.usage),
         }
 
     def stream_encoder(self) -> StreamEncoder:
         return _ChunkEncoder(include_usage=self._include_usage)
+
+
+def decode_sampling(body: Payload) -> dict[str, Any]:
+    """The sampling fields of an OpenAI body (chat or completion) as ``Sampling`` keyword arguments:
+    OpenAI's own, the ``top_k``/``min_p``/``repeat_penalty`` (or vLLM's ``repetition_penalty``) that
+    llama-server and vLLM clients add, and other known backend options (``EXTRA_OPTIONS``) as extras.
+    The token limit and ``stop`` are left to the caller."""
+    sampling: dict[str, Any] = {name: body[name] for name in _SAMPLING_FIELDS if body.get(name) is not None}
+    for name in _EXTRA_FIELDS:
+        if body.get(name) is not None:
+            sampling[name] = body[name]
+    repeat_penalty = body.get("repeat_penalty", body.get("repetition_penalty"))
+    if repeat_penalty is not None:
+        sampling["repeat_penalty"] = repeat_penalty
+    extra = {name: body[name] for name in EXTRA_OPTIONS if body.get(name) is not None}
+    if extra:
+        sampling["extra"] = extra
+    return sampling
+
+
+def encode_extra_sampling(sampling: Sampling, capabilities: Capabilities, upstream: Payload) -> None:
+    """Add to ``upstream`` the sampling options beyond OpenAI's, for a backend that takes them as body
+    fields (llama-server, vLLM); nothing for one that refuses unknown fields (OpenAI). Fields already
+    set are kept."""
+    if not capabilities.extra_sampling:
+        return
+    for name, value in sampling.extra.items():
+        upstream.setdefault(name, value)
+    for name in _EXTRA_FIELDS:
+        value = getattr(sampling, name)
+        if value is not None:
+            upstream[name] = value
+    if sampling.repeat_penalty is not None:
+        upstream[capabilities.repeat_penalty_field] = sampling.repeat_penalty
+
+
+def _choices(n: object) -> int:
+    if n is None:
+        return 1
+    if type(n) is not int or n < 1:
+        raise BadRequest("'n' must be a positive integer", param="n")
+    return n
 
 
 class _ChunkEncoder(StreamEncoder):
@@ -249,16 +330,24 @@ class _ChunkEncoder(StreamEncoder):
     def events(self, events: list[ChatEvent]) -> list[Payload]:
         first = events[0] if len(events) == 1 else None
         if isinstance(first, TextDelta) and self._role_sent:  # most of a stream
-            choice = {"index": 0, "delta": {"content": first.text}, "logprobs": None, "finish_reason": None}
+            logprobs = _choice_logprobs(first.logprobs) if first.logprobs else None
+            choice = {
+                "index": 0,
+                "delta": {"content": first.text},
+                "logprobs": logprobs,
+                "finish_reason": None,
+            }
             return [self._chunk(choice)]
         out: list[Payload] = []
         text: list[str] = []
+        token_logprobs: list[TokenLogprob] = []
         thinking: list[str] = []
         calls: dict[int, Payload] = {}
         finish: Finish | None = None
         for event in events:
             if isinstance(event, TextDelta):
                 text.append(event.text)
+                token_logprobs.extend(event.logprobs)
             elif isinstance(event, ThinkingDelta):
                 thinking.append(event.text)
             elif isinstance(event, ToolCallStart):
@@ -290,7 +379,10 @@ class _ChunkEncoder(StreamEncoder):
             if calls:
                 delta["tool_calls"] = list(calls.values())
             self._role_sent = True
-            out.append(self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}))
+            choice_logprobs = _choice_logprobs(tuple(token_logprobs)) if token_logprobs else None
+            out.append(
+                self._chunk({"index": 0, "delta": delta, "logprobs": choice_logprobs, "finish_reason": None})
+            )
         if finish is not None:
             reason = "tool_calls" if self._tool_calls else _FINISH_REASONS[finish.stop_reason]
             out.append(self._chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}))
@@ -310,6 +402,19 @@ class _ChunkEncoder(StreamEncoder):
             "model": self._model,
             "choices": [choice] if choice is not None else [],
         }
+
+
+def _choice_logprobs(logprobs: tuple[TokenLogprob, ...] | None) -> Payload | None:
+    """A choice's ``logprobs`` object (``content``: one entry per token), None when there are none."""
+    if logprobs is None:
+        return None
+    return {"content": encode_logprobs(logprobs), "refusal": None}
+
+
+def _content_logprobs(choice: Payload) -> tuple[TokenLogprob, ...] | None:
+    """The token logprobs of an upstream choice (``logprobs.content``), None when it has none."""
+    logprobs = choice.get("logprobs")
+    return decode_logprobs(logprobs.get("content")) if isinstance(logprobs, dict) else None
 
 
 def _decode_messages(messages: object) -> tuple[Message, ...]:
@@ -473,9 +578,10 @@ class ChatBackend(BackendCodec):
             if value is not None:
                 upstream[name] = value
         if sampling.max_tokens is not None:
-            upstream["max_tokens"] = sampling.max_tokens
+            upstream[self.capabilities.max_tokens_field] = sampling.max_tokens
         if sampling.stop:
             upstream["stop"] = list(sampling.stop)
+        encode_extra_sampling(sampling, self.capabilities, upstream)
         response_format = _encode_output(request.output)
         if response_format is not None:
             upstream["response_format"] = response_format
@@ -519,6 +625,7 @@ class ChatBackend(BackendCodec):
             usage=openai_usage(body),
             id=response_id if isinstance(response_id, str) else None,
             created=int(created) if isinstance(created, int | float) else None,
+            logprobs=_content_logprobs(choice),
         )
 
     def stream_decoder(self) -> StreamDecoder:
@@ -573,7 +680,8 @@ class _ChunkDecoder(StreamDecoder):
             events.append(ThinkingDelta(thinking))
         text = delta.get("content")
         if text:
-            events.append(TextDelta(text))
+            logprobs = _content_logprobs(choice) if choice.get("logprobs") else None
+            events.append(TextDelta(text, logprobs) if logprobs else TextDelta(text))
         if delta.get("tool_calls"):
             self._tool_call_events(delta["tool_calls"], events)
         return events

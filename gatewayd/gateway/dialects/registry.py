@@ -15,7 +15,11 @@ reaches a backend of any dialect.
 
 ``translator(api, backend_dialect)`` picks the request's ``Translator``: a ``Passthrough`` when the
 backend speaks the endpoint's dialect, else a direct translator where one is listed (``DIRECT``), else
-the client codec of the endpoint with the chat codec of the backend's dialect (``BACKEND_CHAT``).
+the client codec of the endpoint with the chat codec of the backend's dialect (``BACKEND_CHAT``). A
+completion with a ``suffix`` (fill in the middle) goes where the backend's kind can infill
+(``core.capability.Infill``): its dialect's own completion endpoint, llama-server's ``/infill``
+(``infill.LlamaInfill``), or nowhere (``Unsupported``). Every translator is given the backend
+kind's ``Capabilities``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from gatewayd.errors import BadRequest
+from gatewayd.errors import BadRequest, Unsupported
+from gatewayd.gateway.core.capability import PLAIN, Capabilities, Infill
 from gatewayd.gateway.core.codec import BackendCodec, ClientCodec
 from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.profile import DialectProfile
@@ -36,6 +41,7 @@ from gatewayd.gateway.dialects import (
     anthropic,
     completions,
     embeddings,
+    infill,
     ollama,
     openai_chat,
     openai_responses,
@@ -206,19 +212,58 @@ def dialect_of_path(path: str) -> DialectProfile:
     return found
 
 
-def translator(api: Api, backend: DialectProfile, *, client_model: str) -> Translator:
-    """A fresh translator for one request of ``api`` sent to a backend speaking ``backend``.
+def refusal(api: Api, capabilities: Capabilities, body: Mapping[str, Any]) -> Unsupported | None:
+    """Why a backend of a kind that accepts ``capabilities`` cannot serve this request without silently
+    changing it (no fill in the middle for a ``suffix``, one choice for an ``n`` > 1), or None. The relay
+    asks before it wakes or starts a backend; the translators refuse the same."""
+    operation = ENDPOINTS[api].operation
+    if operation is Operation.EMBEDDING:
+        return None
+    if operation is Operation.COMPLETION and body.get("suffix") and capabilities.infill is Infill.NONE:
+        return Unsupported("cannot fill in the middle (the request has a 'suffix')", param="suffix")
+    if not capabilities.choices and body.get("n") not in (None, 1):
+        return Unsupported(ollama.ONE_CHOICE, param="n")
+    return None
+
+
+def translator(
+    api: Api,
+    backend: DialectProfile,
+    *,
+    client_model: str,
+    capabilities: Capabilities = PLAIN,
+    body: Mapping[str, Any] | None = None,
+) -> Translator:
+    """A fresh translator for one request of ``api`` (whose parsed ``body`` it is) sent to a backend
+    speaking ``backend``, of a kind that accepts ``capabilities``.
 
     ``client_model`` is the model name translated answers report. Raises BadRequest when backends of
-    that dialect cannot serve the endpoint."""
+    that dialect cannot serve the endpoint, Unsupported when this backend cannot fill in the middle
+    and the body asks for it."""
     endpoint = ENDPOINTS[api]
+    found: Translator
+    if body is not None and endpoint.operation is Operation.COMPLETION and body.get("suffix"):
+        refused = refusal(api, capabilities, body)
+        if refused is not None:
+            raise refused
+        if capabilities.infill is Infill.LLAMA_INFILL:
+            found = infill.LlamaInfill(endpoint.dialect, client_model=client_model)
+            found.capabilities = capabilities
+            return found
+        # otherwise the dialect's own completion endpoint takes the suffix: relayed or translated below
     if endpoint.dialect is backend:
         return Passthrough(backend, endpoint.path, client_model=client_model)
     direct = DIRECT.get((api, backend))
     if direct is not None:
-        return direct(client_model=client_model)
+        found = direct(client_model=client_model)
+        found.capabilities = capabilities
+        return found
     backend_codec = BACKEND_CHAT.get(backend)
     if endpoint.client_codec is not None and backend_codec is not None:
-        codecs = (endpoint.client_codec(), backend_codec())
-        return CodecTranslator(endpoint.dialect, backend, codecs, client_model=client_model)
+        codec = backend_codec()
+        codec.capabilities = capabilities
+        codecs = (endpoint.client_codec(), codec)
+        found = CodecTranslator(endpoint.dialect, backend, codecs, client_model=client_model)
+        found.capabilities = capabilities
+        return found
     raise BadRequest(f"{endpoint.path} is not served by backends that speak {backend.name}'s API")

@@ -353,3 +353,17 @@ def test_a_wake_command_that_fails_is_a_clear_503(tmp_path: Path) -> None:
     message = response.json()["error"]["message"]
     assert "the wake command exited with code 1" in message
     assert "no route to host" in message
+
+
+def test_a_request_its_kind_cannot_serve_does_not_start_a_sleeping_backend(tmp_path: Path) -> None:
+    vllm = managed(kind=BackendKind.VLLM)  # vLLM cannot fill in the middle
+    with gateway(tmp_path, vllm) as gw:
+        body = {"model": MODEL, "prompt": "def f(", "suffix": "return 1"}
+        response = httpx.post(gw.openai_url + "/completions", json=body, timeout=10)
+
+        assert response.status_code == 400
+        assert response.json()["error"]["message"].startswith(
+            "backend local (vllm) cannot fill in the middle"
+        )
+        assert unit_state(gw) == "sleeping"
+        assert log_of(tmp_path) == ""

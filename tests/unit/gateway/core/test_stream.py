@@ -121,3 +121,27 @@ def test_a_whole_answer_is_passed_as_its_bytes_or_re_encoded_and_must_be_a_json_
         whole_answer(same, b"<html>", "b1")
     with pytest.raises(BadGateway, match="backend b1 returned an unexpected body"):
         whole_answer(same, b"[1]", "b1")
+
+
+@pytest.mark.parametrize(
+    "bad", [b'{"error":"out of memory"}\n', b'{"mess\n'], ids=["error-event", "not-json"]
+)
+def test_a_translated_stream_delivers_the_events_before_an_error_of_the_same_chunk_then_raises(
+    bad: bytes,
+) -> None:
+    machine = stream_machine(translator(Api.OPENAI_CHAT, OLLAMA, client_model="m"), "b1")
+    lines = [encode_ndjson({"model": "x", "message": {"content": text}, "done": False}) for text in "ab"]
+
+    out = machine.feed(b"".join(lines) + bad + lines[0])
+
+    texts = [json.loads(block[5:])["choices"][0]["delta"]["content"] for block in out.split(b"\n\n") if block]
+    assert texts == ["a", "b"]  # nothing after the error either
+    assert machine.finished
+    with pytest.raises(BadGateway):
+        machine.end()
+
+
+def test_a_translated_stream_whose_first_event_is_an_error_raises_at_once() -> None:
+    machine = stream_machine(translator(Api.OPENAI_CHAT, OLLAMA, client_model="m"), "b1")
+    with pytest.raises(BadGateway, match="out of memory"):
+        machine.feed(b'{"error":"out of memory"}\n')
