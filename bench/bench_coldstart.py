@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from typing import Any
 import httpx
 import yaml
 
+from bench.bench_restart import IMPORT_FLOOR_CODE, import_floor_seconds
 from bench.report import _table
 from gatewayd.config.loader import PORT_PLACEHOLDER
 from gatewayd.gateway.backends.process import READY_POLL_INTERVAL_SECONDS
@@ -272,16 +274,32 @@ def measure_round(
     return measured, stopped
 
 
-def run(load_values: Sequence[float], rounds: int, workdir: Path) -> tuple[dict[float, list[Round]], str]:
+@dataclass(frozen=True)
+class Startup:
+    """gatewayd's own start, beside the import floor measured just before it in the same run."""
+
+    import_floor_seconds: float
+    #: spawning ``gatewayd run`` to its first 200 on /healthz (polled every 20 ms) with the lock record
+    #: naming a serving generation
+    start_to_ready_seconds: float
+
+
+def run(
+    load_values: Sequence[float], rounds: int, workdir: Path
+) -> tuple[dict[float, list[Round]], str, Startup]:
     """Start gatewayd, measure every backend ``rounds`` times (interleaved), stop gatewayd (which stops
-    its managed servers). Returns the rounds per load time and how backends were put to sleep. Raises
-    AssertionError, RuntimeError, OSError or httpx.HTTPError (the gateway's log is in ``workdir``)."""
+    its managed servers). Returns the rounds per load time, how backends were put to sleep and the
+    start-up figures. Raises AssertionError, RuntimeError, OSError or httpx.HTTPError (the gateway's log
+    is in ``workdir``)."""
     results: dict[float, list[Round]] = {load: [] for load in load_values}
     sleep_methods: set[str] = set()
     config = write_config(workdir, load_values)
+    floor = import_floor_seconds()
+    spawned = time.perf_counter()
     with GatewaydProcess.gatewayd(workdir, config, state_dir=workdir / "state") as gw:
         try:
             gw.wait_ready(GATEWAY_READY_TIMEOUT_SECONDS)
+            startup = Startup(floor, time.perf_counter() - spawned)
             with httpx.Client(trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS) as client:
                 for index in range(rounds):
                     for load in load_values:
@@ -302,7 +320,7 @@ def run(load_values: Sequence[float], rounds: int, workdir: Path) -> tuple[dict[
             # SIGTERM lets gatewayd stop its managed servers (they run in sessions of their own)
             if gw.proc is not None and gw.proc.poll() is None:
                 gw.stop()
-    return results, " and ".join(sorted(sleep_methods))
+    return results, " and ".join(sorted(sleep_methods)), startup
 
 
 FIGURES = ("warm_ttft", "cold_ttft", "server_start", "overhead", "after_ready")
@@ -324,7 +342,7 @@ def summarize(rounds: Sequence[Round]) -> dict[str, float]:
     return figures
 
 
-def format_figures(results: dict[float, list[Round]], sleep_method: str) -> str:
+def format_figures(results: dict[float, list[Round]], sleep_method: str, startup: Startup) -> str:
     headers = ["load s"]
     for title in ("warm TTFT", "cold TTFT", "server start", "overhead", "after ready"):
         headers += [title, "max"]
@@ -342,6 +360,11 @@ def format_figures(results: dict[float, list[Round]], sleep_method: str) -> str:
             "overhead = cold TTFT - warm TTFT - server start (started by hand), per round",
             "after ready = the part of it after the managed server could answer: readiness polling "
             f"(every {READY_POLL_INTERVAL_SECONDS * 1000:g} ms) and hand-off to the waiting request",
+            "",
+            f"gatewayd start to ready (this config, backends asleep): {ms(startup.start_to_ready_seconds)}; "
+            f"import floor (python -c '{IMPORT_FLOOR_CODE}') {ms(startup.import_floor_seconds)}, ratio "
+            f"{startup.start_to_ready_seconds / startup.import_floor_seconds:.2f}; load average "
+            + ", ".join(f"{value:.2f}" for value in os.getloadavg()),
         ]
     )
 
@@ -400,16 +423,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-coldstart-") as tmp:
         directory = Path(tmp)
         try:
-            results, sleep_method = run(args.load_seconds, args.rounds, directory)
+            results, sleep_method, startup = run(args.load_seconds, args.rounds, directory)
         except (AssertionError, RuntimeError, OSError, httpx.HTTPError) as error:
             print(f"cold-start benchmark failed: {error}", file=sys.stderr)
             log = directory / "gatewayd.log"
             if log.exists():
                 print(f"gatewayd's log (last 4000 characters):\n{log.read_text()[-4000:]}", file=sys.stderr)
             return 1
-    print(format_figures(results, sleep_method))
+    print(format_figures(results, sleep_method, startup))
     if args.json:
-        Path(args.json).write_text(json.dumps(as_json(results), indent=2))
+        figures = {**as_json(results), "startup": asdict(startup), "load_average": os.getloadavg()}
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 

@@ -1,9 +1,11 @@
 """The gateway benchmark: what gatewayd adds to a fast upstream, in latency, throughput, CPU and memory.
 
-Starts bench/upstream.py (pinned to one core), writes a gatewayd config pointing at it, starts
-``python -m gatewayd run --config FILE`` (pinned to the other core), waits for ``GET /readyz`` to answer
-200, then for each concurrency measures the upstream directly and through the gateway, interleaved, for a
-number of rounds, non-streaming and streaming, and prints medians. See bench/README.md for each figure.
+Starts bench/upstream.py (pinned to one core), writes a gatewayd config pointing at it, starts the reference
+proxy (bench/minimal_proxy.py) and ``python -m gatewayd run --config FILE`` (both pinned to the other core),
+waits for each to answer ``GET /readyz``, then for each concurrency measures the upstream directly, through
+the reference and through the gateway, interleaved, for a number of rounds, non-streaming and streaming,
+and prints medians, and the gateway's figures as ratios to the reference's from the same rounds: a noisy
+machine moves both, so the ratio is the figure to compare between runs. See bench/README.md for each figure.
 
 Run from the repository root: ``python -m bench.bench_gateway [--quick] [--json OUT]``.
 """
@@ -25,15 +27,17 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import yaml
 
 from bench.measure import LoadResult, run_load, write_wrk_script, wrk_path
-from bench.report import Report, Round, format_report
+from bench.report import Report, Round, format_ratios, format_report, ratios
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GATEWAYD_CMD = "{python} -m gatewayd run --config {config}"
+DEFAULT_REFERENCE_CMD = "{python} bench/minimal_proxy.py --port {port} --upstream {upstream}"
 DEFAULT_CONCURRENCY = (1, 16, 64)
 DEFAULT_DURATION_SECONDS = 5.0
 DEFAULT_ROUNDS = 3
@@ -201,15 +205,26 @@ class ProcessWatch:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class _Target:
+    """One proxy under measurement: its URL, its CPU watch and the report its rounds go to."""
+
+    url: str
+    watch: ProcessWatch
+    report: Report
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Plan:
     direct_url: str
-    proxied_url: str
+    targets: list[_Target]
     load_cpus: set[int] | None
     wrk_script: Path | None
 
 
-def _measure(args: argparse.Namespace, plan: _Plan, watch: ProcessWatch, report: Report) -> None:
-    """Warm both targets up, then for each concurrency and mode run the interleaved rounds into ``report``."""
+def _measure(args: argparse.Namespace, plan: _Plan) -> None:
+    """Warm every target up, then for each concurrency and mode run the interleaved rounds: the upstream
+    directly, then each proxy (in turn, the order reversed every other round so that drift during a round
+    does not favour one), each proxy's round paired with that round's direct run."""
 
     def run(url: str, mode: str, concurrency: int, duration_seconds: float) -> LoadResult:
         return run_load(
@@ -221,21 +236,26 @@ def _measure(args: argparse.Namespace, plan: _Plan, watch: ProcessWatch, report:
             wrk_script=plan.wrk_script,
         )
 
-    for url in (plan.direct_url, plan.proxied_url):
+    for url in (plan.direct_url, *(target.url for target in plan.targets)):
         for mode in ("plain", "stream"):
             run(url, mode, WARMUP_CONCURRENCY, args.warmup_seconds)
     for concurrency in args.concurrency:
-        for mode, results in (("plain", report.plain), ("stream", report.stream)):
+        for mode in ("plain", "stream"):
             for round_number in range(1, args.rounds + 1):
                 direct = run(plan.direct_url, mode, concurrency, args.duration_seconds)
-                cpu_before = watch.cpu_seconds()
-                proxied = run(plan.proxied_url, mode, concurrency, args.duration_seconds)
-                cpu_seconds = watch.cpu_seconds() - cpu_before
-                pair = Round(direct=direct, proxied=proxied, proxy_cpu_seconds=cpu_seconds)
-                results.setdefault(concurrency, []).append(pair)
+                order = plan.targets if round_number % 2 else plan.targets[::-1]
+                figures = []
+                for target in order:
+                    cpu_before = target.watch.cpu_seconds()
+                    proxied = run(target.url, mode, concurrency, args.duration_seconds)
+                    cpu_seconds = target.watch.cpu_seconds() - cpu_before
+                    pair = Round(direct=direct, proxied=proxied, proxy_cpu_seconds=cpu_seconds)
+                    results = target.report.plain if mode == "plain" else target.report.stream
+                    results.setdefault(concurrency, []).append(pair)
+                    figures.append(f"{target.report.name} {proxied.rps:,.0f}/s ({proxied.errors} errors)")
                 _progress(
                     f"c={concurrency} {mode} round {round_number}: direct {direct.rps:,.0f}/s, "
-                    f"proxied {proxied.rps:,.0f}/s, errors {direct.errors}/{proxied.errors}"
+                    + ", ".join(figures)
                 )
 
 
@@ -243,11 +263,40 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_benchmark(args: argparse.Namespace, workdir: Path) -> Report:
-    """Start the upstream and the proxy, measure, stop both. Raises RuntimeError on any failure."""
+@contextlib.contextmanager
+def _started_proxy(
+    name: str, command: str, *, port: int, workdir: Path, cpus: set[int] | None, args: argparse.Namespace
+) -> Iterator[tuple[subprocess.Popen[bytes], ProcessWatch, Report]]:
+    """Start one proxy, wait until it is ready, read its idle RSS; yield it with its (empty) report."""
+    log = workdir / name / "proxy.log"
+    _progress(f"starting {name}: {command}")
+    started = time.monotonic()
+    with _process(shlex.split(command), log=log, cpus=cpus) as proxy:
+        ready_at = _wait_ready(port, proxy, log, args.ready_path)
+        with ProcessWatch(proxy.pid) as watch:
+            time.sleep(IDLE_SETTLE_SECONDS)
+            report = Report(
+                name=name,
+                proxy_command=command,
+                load_tool="",
+                duration_seconds=args.duration_seconds,
+                rounds=args.rounds,
+                pinned="",
+                start_to_ready_seconds=ready_at - started,
+                idle_rss_bytes=watch.rss_bytes(),
+            )
+            yield proxy, watch, report
+            report.peak_rss_bytes = watch.peak_rss_bytes()
+        if proxy.poll() is not None:
+            raise RuntimeError(f"{name} exited during the run; log:\n{_tail(log)}")
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[Report]:
+    """Start the upstream and the proxies, measure, stop them. Returns the reports, the reference's first
+    (when there is one). Raises RuntimeError on any failure."""
     upstream_cpus, proxy_cpus, pinned = _cpu_plan()
     use_wrk = wrk_path() is not None and not args.no_wrk
-    upstream_log, proxy_log = workdir / "upstream.log", workdir / "proxy.log"
+    upstream_log = workdir / "upstream.log"
     upstream_command = [
         sys.executable,
         str(REPO_ROOT / "bench" / "upstream.py"),
@@ -256,42 +305,39 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> Report:
         "--chunk-delay-ms",
         str(args.chunk_delay_ms),
     ]
-    with _process(upstream_command, log=upstream_log, cpus=upstream_cpus) as upstream:
+    commands = [("gatewayd", args.gatewayd_cmd)]
+    if args.reference_cmd:
+        commands.insert(0, ("reference", args.reference_cmd))
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(_process(upstream_command, log=upstream_log, cpus=upstream_cpus))
         upstream_url = _wait_for_line(upstream_log, upstream, "listening on ", UPSTREAM_START_TIMEOUT_SECONDS)
-        port = _free_port()
-        config = write_config(workdir, port=port, upstream_url=upstream_url)
-        proxy_command = args.gatewayd_cmd.format(
-            python=shlex.quote(sys.executable),
-            config=shlex.quote(str(config)),
-            port=port,
-            upstream=upstream_url,
+        _progress(f"upstream {upstream_url}")
+        targets: list[_Target] = []
+        for name, template in commands:
+            port = _free_port()
+            target_dir = workdir / name
+            target_dir.mkdir()
+            config = write_config(target_dir, port=port, upstream_url=upstream_url)
+            command = template.format(
+                python=shlex.quote(sys.executable),
+                config=shlex.quote(str(config)),
+                port=port,
+                upstream=upstream_url,
+            )
+            _, watch, report = stack.enter_context(
+                _started_proxy(name, command, port=port, workdir=workdir, cpus=proxy_cpus, args=args)
+            )
+            report.load_tool = ("wrk (non-streaming), " if use_wrk else "") + "aiohttp client process"
+            report.pinned = pinned
+            targets.append(_Target(f"http://127.0.0.1:{port}/v1/chat/completions", watch, report))
+        plan = _Plan(
+            direct_url=upstream_url + "/v1/chat/completions",
+            targets=targets,
+            load_cpus=upstream_cpus,
+            wrk_script=write_wrk_script(workdir) if use_wrk else None,
         )
-        _progress(f"upstream {upstream_url}; starting: {proxy_command}")
-        started = time.monotonic()
-        with _process(shlex.split(proxy_command), log=proxy_log, cpus=proxy_cpus) as proxy:
-            ready_at = _wait_ready(port, proxy, proxy_log, args.ready_path)
-            with ProcessWatch(proxy.pid) as watch:
-                time.sleep(IDLE_SETTLE_SECONDS)
-                report = Report(
-                    proxy_command=proxy_command,
-                    load_tool=("wrk (non-streaming), " if use_wrk else "") + "aiohttp client process",
-                    duration_seconds=args.duration_seconds,
-                    rounds=args.rounds,
-                    pinned=pinned,
-                    start_to_ready_seconds=ready_at - started,
-                    idle_rss_bytes=watch.rss_bytes(),
-                )
-                plan = _Plan(
-                    direct_url=upstream_url + "/v1/chat/completions",
-                    proxied_url=f"http://127.0.0.1:{port}/v1/chat/completions",
-                    load_cpus=upstream_cpus,
-                    wrk_script=write_wrk_script(workdir) if use_wrk else None,
-                )
-                _measure(args, plan, watch, report)
-                report.peak_rss_bytes = watch.peak_rss_bytes()
-            if proxy.poll() is not None:
-                raise RuntimeError(f"the proxy exited during the run; log:\n{_tail(proxy_log)}")
-    return report
+        _measure(args, plan)
+    return [target.report for target in targets]
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -313,6 +359,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_GATEWAYD_CMD,
         help="proxy command; placeholders {python} {config} {port} {upstream} (default: %(default)s)",
     )
+    parser.add_argument(
+        "--reference-cmd",
+        default=DEFAULT_REFERENCE_CMD,
+        help="the reference proxy measured in the same rounds; '' for none (default: %(default)s)",
+    )
     parser.add_argument("--ready-path", default="/readyz", help="polled until it answers 200")
     parser.add_argument("--chunk-delay-ms", type=float, default=5.0, help="upstream pause between chunks")
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp client even if wrk is present")
@@ -330,13 +381,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as directory:
         try:
-            report = run_benchmark(args, Path(directory))
+            reports = run_benchmark(args, Path(directory))
         except RuntimeError as error:
             print(f"benchmark failed: {error}", file=sys.stderr)
             return 1
-    print(format_report(report))
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
+    print("\n\n".join(format_report(report) for report in reports))
+    if len(reports) == 2:
+        print("\n" + format_ratios(reports[1], reports[0]))
     if args.json is not None:
-        args.json.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+        figures: dict[str, Any] = {report.name: report.as_json() for report in reports}
+        if len(reports) == 2:
+            figures["ratios"] = ratios(reports[1], reports[0])
+        figures["load_average"] = os.getloadavg()
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.bench_restart                        # 100 in-process reloads, 20 respawns, c=32
     .venv/bin/python -m bench.bench_restart --target gatewayd      # the real `gatewayd run` instead
     .venv/bin/python -m bench.bench_restart --reloads 10 --respawns 3 --concurrency 8    # a quick look
+    .venv/bin/python -m bench.bench_restart --target gatewayd --reloads 0 --respawns 10 --concurrency 8
 
 Starts one instance (the supervisor test app by default, or ``gatewayd run`` with no backends), puts a
 closed-loop load of ``--concurrency`` HTTP clients on ``GET --path`` (half keep-alive clients, half opening a
@@ -14,16 +15,24 @@ signal until ``GET /status`` reports the new generation ("new config in effect";
 generation is not included). Exit status 1 if anything failed or was refused, or an in-process reload
 took longer than the 1 s target. A respawn's time is printed against the same target but does not set the
 exit status: it is dominated by starting a fresh interpreter and importing the gateway, which no run-loop
-design can remove (``python -X importtime -m gatewayd --help`` shows where it goes).
+design can remove (``python -X importtime -m gatewayd run --help`` shows where it goes).
+
+Before the load, ``--startups`` rounds (default 5) measure start-up, interleaved: the import floor (``python
+-c "import quart, hypercorn, aiohttp"``, spawn to exit), the reference proxy's start (bench/minimal_proxy.py,
+spawn to its first 200 on ``/readyz``) and ``gatewayd run``'s (the same). The respawns are printed beside
+that floor too: a fresh process cannot serve sooner than it can import its server stack, and on a loaded
+machine the floor moves with everything else, so the ratios are what compares between runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +45,7 @@ import httpx
 from gatewayd.supervisor.portlock import holder_alive
 from gatewayd.supervisor.sentinel import submit_reload_request
 from tests.support.load import HttpLoad, LoadResult
-from tests.support.process import GatewaydProcess, wait_for
+from tests.support.process import GatewaydProcess, free_port, wait_for
 
 #: the issue's target: the new config serves within this long of the signal
 TARGET_SECONDS = 1.0
@@ -49,6 +58,13 @@ STEADY_SECONDS = 3.0
 IN_PROCESS = "in-process reloads"
 RESPAWNS = "respawns"
 RESPAWN_CONFIG = "restart:\n  respawn_ready_timeout_seconds: 15\n  handoff_close_seconds: 1.0\n"
+GATEWAYD_CONFIG = "discovery:\n  enabled: false\n" + RESPAWN_CONFIG
+#: what a fresh process must import before it can serve at all: the floor of any respawn
+IMPORT_FLOOR_CODE = "import quart, hypercorn, aiohttp"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: a started process must answer /readyz within this long
+START_TIMEOUT_SECONDS = 60.0
+READY_POLL_SECONDS = 0.005
 
 
 @dataclass
@@ -81,14 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--respawns", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--path", default="/healthz")
+    parser.add_argument("--startups", type=int, default=5, help="start-up rounds before the load (0: none)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-restart-") as tmp:
         tmp_path = Path(tmp)
+        config = tmp_path / "config.yaml"
+        config.write_text(GATEWAYD_CONFIG)
+        startup = measure_startups(args.startups, tmp_path, config)
         if args.target == "gatewayd":
-            config = tmp_path / "config.yaml"
-            config.write_text("discovery:\n  enabled: false\n" + RESPAWN_CONFIG)
             gw = GatewaydProcess.gatewayd(tmp_path, config)
         else:
             gw = GatewaydProcess.test_app(tmp_path, extra_config=RESPAWN_CONFIG)
@@ -99,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 gw.stop()
             except AssertionError as error:
                 print(f"stopping the instance failed: {error}", file=sys.stderr)
+        figures["startup"] = startup
+        figures["load_average"] = os.getloadavg()
     print_figures(figures, args)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
@@ -109,6 +129,79 @@ def main(argv: list[str] | None = None) -> int:
         if phase["name"] == IN_PROCESS
     )
     return 0 if clean and fast else 1
+
+
+def measure_startups(rounds: int, tmp_path: Path, config: Path) -> dict[str, float | None]:
+    """Medians over ``rounds`` interleaved rounds of: the import floor, the reference proxy's start to
+    ready, and ``gatewayd run``'s start to ready (seconds)."""
+    floor: list[float] = []
+    reference: list[float] = []
+    gatewayd: list[float] = []
+    for index in range(rounds):
+        floor.append(import_floor_seconds())
+        port = free_port()
+        command = [sys.executable, "bench/minimal_proxy.py", "--port", str(port)]
+        reference.append(start_to_ready([*command, "--upstream", "http://127.0.0.1:9"], port))
+        port = free_port()
+        state_dir = tmp_path / f"startup-state-{index}"
+        command = [sys.executable, "-m", "gatewayd", "run", "--config", str(config)]
+        command += ["--state-dir", str(state_dir), "--port", str(port)]
+        gatewayd.append(start_to_ready(command, port))
+        progress(
+            f"start-up round {index + 1}/{rounds}: floor {floor[-1]:.3f} s, reference {reference[-1]:.3f} s, "
+            f"gatewayd {gatewayd[-1]:.3f} s"
+        )
+    return {
+        "rounds": rounds,
+        "import_floor_median_seconds": median(floor),
+        "reference_start_to_ready_median_seconds": median(reference),
+        "gatewayd_start_to_ready_median_seconds": median(gatewayd),
+    }
+
+
+def import_floor_seconds() -> float:
+    """How long a fresh interpreter takes to import quart, hypercorn and aiohttp and exit."""
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", IMPORT_FLOOR_CODE], check=True, cwd=REPO_ROOT)
+    return time.monotonic() - started
+
+
+def start_to_ready(command: list[str], port: int) -> float:
+    """Spawn ``command``, poll ``GET /readyz`` on ``port`` until 200; return the time that took. The process
+    is stopped (SIGTERM, then SIGKILL) before returning. RuntimeError if it exits or is not ready in time."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        while time.monotonic() - started < START_TIMEOUT_SECONDS:
+            if process.poll() is not None:
+                stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                raise RuntimeError(f"{command[:4]} exited with {process.returncode}:\n{stderr[-2000:]}")
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            try:
+                connection.request("GET", "/readyz")
+                if connection.getresponse().status == 200:
+                    return time.monotonic() - started
+            except OSError:
+                pass
+            finally:
+                connection.close()
+            time.sleep(READY_POLL_SECONDS)
+        raise RuntimeError(f"{command[:4]} was not ready within {START_TIMEOUT_SECONDS:g} s")
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
 
 
 def run_phases(gw: GatewaydProcess, args: argparse.Namespace) -> dict[str, Any]:
@@ -260,7 +353,34 @@ def print_figures(figures: dict[str, Any], args: argparse.Namespace) -> None:
         )
     if figures["errors"]:
         print("first errors:", *figures["errors"], sep="\n  ")
+    print_startup(figures)
     print(f"target: 0 failed, 0 refused, new config in effect within {TARGET_SECONDS:g} s of the signal")
+
+
+def print_startup(figures: dict[str, Any]) -> None:
+    """Start-up and respawn medians beside the import floor and the reference proxy of the same run."""
+    startup = figures["startup"]
+    load = ", ".join(f"{value:.2f}" for value in figures["load_average"])
+    print(f"\nstart-up, medians of {startup['rounds']} interleaved round(s); load average {load}")
+    if not startup["rounds"]:
+        return
+    floor = startup["import_floor_median_seconds"]
+    rows = [
+        (f"import floor (python -c '{IMPORT_FLOOR_CODE}')", floor),
+        ("reference proxy start to ready", startup["reference_start_to_ready_median_seconds"]),
+        ("gatewayd run start to ready", startup["gatewayd_start_to_ready_median_seconds"]),
+    ]
+    respawn = next((phase for phase in figures["phases"] if phase["name"] == RESPAWNS), None)
+    if respawn is not None and respawn["count"]:
+        rows.append(
+            (
+                f"respawn: signal to new process serving ({figures['concurrency']} clients)",
+                respawn["in_effect_median_seconds"],
+            )
+        )
+    for label, seconds in rows:
+        ratio = f"{seconds / floor:.2f}x floor" if seconds is not None and floor else "-"
+        print(f"  {label:<66} {fmt(seconds, ' s'):>10} {ratio:>12}")
 
 
 def within(seconds: float | None) -> str:

@@ -4,7 +4,7 @@ over rounds of per-round differences, CPU per request, and the memory and start-
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ class Round:
 
 @dataclass(slots=True)
 class Report:
+    #: "gatewayd" or "reference" (the minimal proxy measured in the same rounds)
+    name: str
     proxy_command: str
     load_tool: str
     duration_seconds: float
@@ -35,6 +37,7 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "name": self.name,
             "proxy_command": self.proxy_command,
             "load_tool": self.load_tool,
             "duration_seconds": self.duration_seconds,
@@ -156,6 +159,7 @@ def format_report(report: Report) -> str:
         )
     mib = 1024 * 1024
     parts = [
+        f"== {report.name}",
         f"proxy: {report.proxy_command}",
         f"load: {report.load_tool}; {report.duration_seconds:g} s per run; {report.rounds} interleaved "
         f"round(s), medians; {report.pinned}",
@@ -196,3 +200,90 @@ def format_report(report: Report) -> str:
         "peak RSS: " + ("-" if report.peak_rss_bytes is None else f"{report.peak_rss_bytes / mib:,.1f} MiB"),
     ]
     return "\n".join(parts)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def _round_ratios(
+    mine: Sequence[Round], reference: Sequence[Round], figure: Callable[[Round], float | None]
+) -> float | None:
+    """The median over rounds of mine/reference, each ratio taken within one round (both proxies were
+    measured in that round, against the same direct run)."""
+    return _median([_ratio(figure(a), figure(b)) for a, b in zip(mine, reference, strict=False)])
+
+
+def ratios(report: Report, reference: Report) -> dict[str, Any]:
+    """``report``'s figures divided by ``reference``'s, per concurrency and mode, and for start-up and
+    memory. Above 1 means more (req/s: better; CPU, latency, memory: worse)."""
+
+    def added(name: str) -> Callable[[Round], float | None]:
+        return lambda r: _difference(getattr(r.proxied, name), getattr(r.direct, name))
+
+    plain = {
+        str(c): {
+            "rps": _round_ratios(rounds, reference.plain.get(c, []), lambda r: r.proxied.rps),
+            "added_p50": _round_ratios(rounds, reference.plain.get(c, []), added("latency_p50_ms")),
+            "cpu_per_request": _round_ratios(rounds, reference.plain.get(c, []), _per_request_ms),
+        }
+        for c, rounds in sorted(report.plain.items())
+    }
+    stream = {
+        str(c): {
+            "streams_per_s": _round_ratios(rounds, reference.stream.get(c, []), lambda r: r.proxied.rps),
+            "added_ttfc_p50": _round_ratios(rounds, reference.stream.get(c, []), added("ttfc_p50_ms")),
+            "cpu_per_stream": _round_ratios(rounds, reference.stream.get(c, []), _per_request_ms),
+        }
+        for c, rounds in sorted(report.stream.items())
+    }
+    return {
+        "plain": plain,
+        "stream": stream,
+        "start_to_ready": _ratio(report.start_to_ready_seconds, reference.start_to_ready_seconds),
+        "idle_rss": _ratio(report.idle_rss_bytes, reference.idle_rss_bytes),
+    }
+
+
+def format_ratios(report: Report, reference: Report) -> str:
+    """The ratio table: ``report`` / ``reference``, medians of per-round ratios."""
+    figures = ratios(report, reference)
+    rows = []
+    for concurrency in sorted({*report.plain, *report.stream}):
+        p = figures["plain"].get(str(concurrency), {})
+        s = figures["stream"].get(str(concurrency), {})
+        rows.append(
+            [
+                str(concurrency),
+                _cell(p.get("rps"), 2),
+                _cell(p.get("added_p50"), 2),
+                _cell(p.get("cpu_per_request"), 2),
+                _cell(s.get("streams_per_s"), 2),
+                _cell(s.get("added_ttfc_p50"), 2),
+                _cell(s.get("cpu_per_stream"), 2),
+            ]
+        )
+    return "\n".join(
+        [
+            f"== {report.name} / {reference.name} (medians of per-round ratios; req/s above 1 is better, "
+            "the others below 1)",
+            _table(
+                [
+                    "conc",
+                    "req/s",
+                    "added p50",
+                    "CPU/req",
+                    "streams/s",
+                    "added TTFC p50",
+                    "CPU/stream",
+                ],
+                rows,
+            ),
+            "",
+            f"start to ready: {_cell(figures['start_to_ready'], 2)}  "
+            f"({report.start_to_ready_seconds * 1000:,.0f} ms / "
+            f"{reference.start_to_ready_seconds * 1000:,.0f} ms)",
+            f"idle RSS: {_cell(figures['idle_rss'], 2)}  "
+            f"({report.idle_rss_bytes / 2**20:,.1f} MiB / {reference.idle_rss_bytes / 2**20:,.1f} MiB)",
+        ]
+    )

@@ -1,9 +1,9 @@
-"""The instance commands: ``run`` (the daemon in the foreground), ``restart``, ``stop`` and ``status``.
+"""The commands that act on a running instance: ``restart``, ``stop`` and ``status`` (``run`` is in
+commands_run.py).
 
-Every command but ``run`` finds its instance through the lock records in the state directory
+Each finds its instance through the lock records in the state directory
 (``--state-dir``, ``$GATEWAYD_STATE_DIR``, else the per-user default), picking it by ``--port`` when several
-run. Exit codes: 0 success; 1 failure (a rejected or failed reload included); 3 nothing is running; 78 for
-``run`` under systemd when a healthy instance already holds the port (the unit's RestartPreventExitStatus).
+run. Exit codes: 0 success; 1 failure (a rejected or failed reload included); 3 nothing is running.
 
 ``restart`` exits 0 for the outcomes "ok" and "fallback": a fallback means the respawn failed but the reload
 was done in process, so the new config *is* in effect; the warning is printed all the same.
@@ -12,35 +12,24 @@ was done in process, so the new config *is* in effect; the warning is printed al
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import click
 import httpx
 from rich.console import RenderableType
-from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
 from gatewayd.cli.output import stderr_console, stdout_console
-from gatewayd.config import LogFormat, LoggingSettings
 from gatewayd.config.compare import ConfigChanges, NameChanges
-from gatewayd.config.loader import load
-from gatewayd.config.paths import resolve_config_path, resolve_state_dir
-from gatewayd.errors import (
-    EXIT_ALREADY_RUNNING_UNDER_SYSTEMD,
-    EXIT_FAILURE,
-    AlreadyRunning,
-    InstanceError,
-    NotRunning,
-)
-from gatewayd.supervisor.diagnostics import EventRing
+from gatewayd.config.paths import resolve_state_dir
+from gatewayd.errors import EXIT_FAILURE, InstanceError, NotRunning
 from gatewayd.supervisor.portlock import LockRecord, holder_alive, read_record, running_instances
 from gatewayd.supervisor.sentinel import (
     ALLOW_WEAKER_FLAG,
@@ -50,7 +39,6 @@ from gatewayd.supervisor.sentinel import (
     submit_reload_request,
     wait_for_outcome,
 )
-from gatewayd.supervisor.service import ServiceManager, detect_service_manager
 
 #: how long ``restart`` waits for the outcome of its reload by default
 RESTART_TIMEOUT_SECONDS = 60.0
@@ -68,100 +56,6 @@ _state_dir_option = click.option(
 _port_option = click.option(
     "--port", type=int, metavar="P", help="The instance listening on this port (when several run)."
 )
-
-log = logging.getLogger("gatewayd")
-
-
-# -- run --------------------------------------------------------------------------------------------
-
-
-@click.command()
-@click.option(
-    "--config",
-    "config_path",
-    metavar="PATH",
-    help="Config file [default: $GATEWAYD_CONFIG, else the default path if it exists, else the built-in "
-    "defaults].",
-)
-@click.option("--host", metavar="H", help="Listen on this address instead of server.host.")
-@click.option("--port", type=int, metavar="P", help="Listen on this port instead of server.port.")
-@_state_dir_option
-def run(config_path: str | None, host: str | None, port: int | None, state_dir: str | None) -> None:
-    """Run the gateway in the foreground until SIGTERM or Ctrl-C; SIGUSR1 (or SIGHUP) reloads."""
-    # Imported here: the gateway and the run loop take most of a second to import, which the other
-    # commands (status, stop, restart) must not pay.
-    from gatewayd.gateway.service import GatewayFactory
-    from gatewayd.supervisor import runloop
-
-    environ = os.environ
-    path = resolve_config_path(config_path, environ)
-    state = resolve_state_dir(state_dir, environ)
-    # a ConfigError is reported before any logging is set up
-    loaded = load(path, environ=environ, listen_host=host, listen_port=port)
-    events = EventRing()
-    configure_logging(loaded.config.logging, events)
-    for warning in loaded.warnings:
-        log.warning("config: %s", warning)
-    manager = detect_service_manager(environ, os.getpid())
-    factory = GatewayFactory(state_dir=state, listen_host=host, listen_port=port, environ=environ)
-    options = runloop.RunOptions(
-        config_path=str(path) if path is not None else None,
-        state_dir=state,
-        respawn_command=(sys.executable, "-m", "gatewayd", *sys.argv[1:]),
-        service_manager=manager,
-        events=events,
-        environ=environ,
-        config=loaded.config,
-    )
-    try:
-        code = runloop.run(factory, options)
-    except AlreadyRunning as error:
-        if manager is ServiceManager.SYSTEMD:
-            error.exit_code = EXIT_ALREADY_RUNNING_UNDER_SYSTEMD
-        raise
-    sys.exit(code)
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception), plus the structured
-    ``fields`` a record carries (the access log's request id, model, backend, status, latency...)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(settings: LoggingSettings, events: EventRing) -> None:
-    """Logs go to stderr: rich when it is a terminal, plain lines otherwise (journald, files), JSON lines
-    with ``logging.format: json``. ``events`` keeps the recent ones for diagnostic bundles."""
-    handler: logging.Handler
-    if settings.format is LogFormat.JSON:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonLogFormatter())
-    elif sys.stderr.isatty():
-        handler = RichHandler(console=stderr_console(), show_path=False, markup=False, rich_tracebacks=False)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
-        )
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.addHandler(events)
-    root.setLevel(settings.level.upper())
 
 
 # -- finding the instance ---------------------------------------------------------------------------
@@ -437,4 +331,4 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-COMMANDS: list[click.Command] = [run, restart, stop, status]
+COMMANDS: list[click.Command] = [restart, stop, status]

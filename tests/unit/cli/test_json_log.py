@@ -1,7 +1,7 @@
 import json
 import logging
 
-from gatewayd.cli.commands_instance import JsonLogFormatter
+from gatewayd.cli.commands_run import JsonLogFormatter
 
 
 def test_json_lines_carry_the_access_log_fields() -> None:
