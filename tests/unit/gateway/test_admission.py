@@ -210,7 +210,8 @@ async def test_a_cut_capacity_lets_the_admitted_finish_and_new_ones_wait_under_i
     for _ in range(3):
         await slots.acquire("b")
     slots.set_capacity(1)
-    assert slots.queue_full is False and slots.free == 0
+    assert slots.free == 0
+    assert not slots.queue_full
     admitted: list[int] = []
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: _acquire_then_note(slots, 0, admitted))

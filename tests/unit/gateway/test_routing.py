@@ -136,6 +136,7 @@ def test_an_unbounded_backend_always_has_room_unless_its_own_slots_say_otherwise
     assert load(in_flight=3, max_concurrency=None, idle_slots=0).free == 0
     # busy, but unbounded: ordered like a backend with every slot free, before one with a slot taken
     table = {"a": load(in_flight=1, max_concurrency=4), "b": load(in_flight=50, max_concurrency=None)}
-    ordered, preference = order_targets([A, B], loads(table), preferred="b")
+    ordered, _ = order_targets([A, B], loads(table))
     assert backends(ordered) == ["b", "a"]
+    _, preference = order_targets([A, B], loads(table), preferred="b")
     assert preference is Preference.HONOURED
