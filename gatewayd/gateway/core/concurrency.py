@@ -49,7 +49,7 @@ class Concurrency:
 
     @property
     def label(self) -> str:
-        """ "8 (props)", "unbounded"."""
+        """As the log shows it: "8 (props)", or "unbounded"."""
         if self.limit is None:
             return self.source.value
         return f"{self.limit} ({self.source.value})"
