@@ -36,9 +36,10 @@ class Load:
 
     @property
     def free_share(self) -> float:
-        """The share of its capacity that is free (1.0 for an unbounded backend with room)."""
+        """The share of its capacity that is free. An unbounded backend has no share to count: 1.0 when
+        idle, less the more it has in flight, so that replicas behind one route still share the load."""
         if self.max_concurrency is None:
-            return 1.0 if self.free > 0 else 0.0
+            return 1.0 / (1 + self.in_flight) if self.free > 0 else 0.0
         return self.free / self.max_concurrency if self.max_concurrency else 0.0
 
 

@@ -134,9 +134,15 @@ def test_a_preference_for_a_backend_that_does_not_serve_the_model_is_reported() 
 def test_an_unbounded_backend_always_has_room_unless_its_own_slots_say_otherwise() -> None:
     assert load(in_flight=1000, max_concurrency=None).free > 0
     assert load(in_flight=3, max_concurrency=None, idle_slots=0).free == 0
-    # busy, but unbounded: ordered like a backend with every slot free, before one with a slot taken
-    table = {"a": load(in_flight=1, max_concurrency=4), "b": load(in_flight=50, max_concurrency=None)}
+    # unbounded replicas still share the load: the one with fewer requests in flight goes first
+    table = {"a": load(in_flight=5, max_concurrency=None), "b": load(in_flight=2, max_concurrency=None)}
     ordered, _ = order_targets([A, B], loads(table))
     assert backends(ordered) == ["b", "a"]
-    _, preference = order_targets([A, B], loads(table), preferred="b")
+    # an idle one counts as all free, ahead of a bounded one with a slot taken
+    table = {"a": load(in_flight=1, max_concurrency=4), "b": load(in_flight=0, max_concurrency=None)}
+    ordered, _ = order_targets([A, B], loads(table))
+    assert backends(ordered) == ["b", "a"]
+    _, preference = order_targets(
+        [A, B], loads({**table, "b": load(in_flight=50, max_concurrency=None)}), preferred="b"
+    )
     assert preference is Preference.HONOURED
