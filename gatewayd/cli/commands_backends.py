@@ -185,10 +185,11 @@ def format_backends(rows: Sequence[Mapping[str, Any]], source: str) -> Table:
     table.add_column("models")
     table.add_column("uptime", no_wrap=True)
     table.add_column("in-flight", justify="right", no_wrap=True)
+    table.add_column("limit", no_wrap=True)
     table.add_column("queue", justify="right", no_wrap=True)
     table.add_column("last error", overflow="fold")
     if not rows:
-        table.add_row("(none)", *[""] * 8)
+        table.add_row("(none)", *[""] * 9)
     for row in rows:
         group = row.get("group")
         table.add_row(
@@ -199,10 +200,21 @@ def format_backends(rows: Sequence[Mapping[str, Any]], source: str) -> Table:
             Text(", ".join(row.get("models") or ())),
             format_duration(float(row["uptime_seconds"])) if row.get("uptime_seconds") is not None else "",
             str(row.get("in_flight", 0)),
+            format_limit(row),
             str(row.get("queued", 0)),
             format_error(row.get("last_error"), str(row["id"])),
         )
     return table
+
+
+def format_limit(row: Mapping[str, Any]) -> str:
+    """The concurrency limit in force and where it came from: "8 (props)", "unbounded"; blank from an
+    instance too old to say."""
+    source = row.get("concurrency_source")
+    if source is None:
+        return ""
+    limit = row.get("max_concurrency")
+    return str(source) if limit is None else f"{limit} ({source})"
 
 
 def format_state(state: str) -> Text:

@@ -194,8 +194,9 @@ class Backend:
     kind: BackendKind = BackendKind.OPENAI
     #: models it serves; None = discovered from the backend (/v1/models or /api/tags)
     models: tuple[str, ...] | None = None
-    #: concurrent requests sent to it; more wait in the queue
-    max_concurrency: int = 4
+    #: concurrent requests sent to it; more wait in the queue. None = learned from the backend
+    #: (llama-server's slots), else its kind's default (4 for Ollama), unbounded for openai and vllm
+    max_concurrency: int | None = None
     #: literal, or "env:NAME" to read it from the environment at load time (never logged)
     api_key: str | None = field(default=None, repr=False)
     #: tie-breaker among candidates with the same free capacity; higher wins

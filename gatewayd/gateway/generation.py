@@ -102,6 +102,7 @@ class GatewayGeneration:
                 "state": r.state.value,
                 "in_flight": r.admission.in_flight,
                 "max_concurrency": r.admission.capacity,
+                "concurrency_source": r.concurrency.source.value,
                 "queued": r.admission.queued,
                 "idle_slots": r.idle_slots,
                 "models": list(self.pool.inventory.served_by(r.config.id)),
@@ -227,6 +228,8 @@ class GatewayGeneration:
             "models": list(self.pool.inventory.served_by(backend_id)),
             "uptime_seconds": round(uptime, 1) if uptime is not None else None,
             "in_flight": runtime.admission.in_flight,
+            "max_concurrency": runtime.admission.capacity,
+            "concurrency_source": runtime.concurrency.source.value,
             "queued": queued,
             "group": runtime.config.group,
             "last_error": (unit.last_error if unit is not None else None)

@@ -9,17 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.process import REPO_ROOT, GatewaydProcess, gatewayd_cli, process_alive
+from tests.support.process import REPO_ROOT, GatewaydProcess, gatewayd_cli, process_alive, wait_for
 
 pytestmark = pytest.mark.slow
+
+#: the slots the managed llama-server (the test model server as one) reports once it runs
+SLOTS = 3
 
 CONFIG = f"""\
 discovery:
   enabled: false
+health:
+  probe_interval_busy_seconds: 0.1
+  probe_interval_idle_seconds: 0.1
 backends:
   - id: local
-    kind: openai
-    command: [{sys.executable}, -m, tests.support.fake_backend, --port, "${{PORT}}", --models, m]
+    kind: llama-server
+    command: [{sys.executable}, -m, tests.support.fake_backend, --port, "${{PORT}}", --models, m,
+              --kind, llama-server, --behaviour, '{{"max_concurrency": {SLOTS}}}']
     cwd: {REPO_ROOT}
     models: [m]
     start_timeout_seconds: 30
@@ -41,6 +48,10 @@ def test_backends_lists_starts_and_stops_a_managed_backend(tmp_path: Path) -> No
         assert "local" in table.stdout
         assert "sleeping" in table.stdout
         assert f"port {gw.port}" in table.stdout  # names the instance it asked
+        # the limit in force and its source: a llama-server not yet running has its kind's default, a
+        # backend of the openai kind is unbounded
+        assert "4 (default)" in table.stdout
+        assert "unbounded" in table.stdout
 
         start = gatewayd_cli("backends", "start", "local", state_dir=state)
         assert start.returncode == 0, start
@@ -54,6 +65,16 @@ def test_backends_lists_starts_and_stops_a_managed_backend(tmp_path: Path) -> No
         assert isinstance(pid, int)
         assert process_alive(pid)
         assert f"pid {pid}" in start.stdout
+
+        def learned() -> dict[str, object] | None:
+            rows = json.loads(gatewayd_cli("backends", "--json", state_dir=state).stdout)
+            local = next(r for r in rows if r["id"] == "local")
+            return local if local["concurrency_source"] == "props" else None
+
+        local = wait_for(learned, timeout=30, what="the slots learned from the running server")
+        assert local["max_concurrency"] == SLOTS
+        table = gatewayd_cli("backends", state_dir=state)
+        assert f"{SLOTS} (props)" in table.stdout
 
         stop = gatewayd_cli("backends", "stop", "local", state_dir=state)
         assert stop.returncode == 0, stop

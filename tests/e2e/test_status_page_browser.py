@@ -163,6 +163,10 @@ def test_the_page_follows_a_backend_down_and_up_and_reloads(tmp_path: Path, brow
         page.goto(gw.url("/"))
 
         page.wait_for_selector(backend_state("up"), timeout=PAGE_TIMEOUT_MS)
+        # an OpenAI-kind backend with no max_concurrency: unbounded, and the page says so
+        concurrency = '#backends tr[data-backend="fake"] td.concurrency'
+        assert re.fullmatch(r"\d+/∞ unbounded", page.inner_text(concurrency))
+        assert "429" in (page.get_attribute(concurrency, "title") or "")
         assert page.inner_text('#models tr[data-model="chat"]').startswith("chat")
         assert page.inner_text('#instance dd[data-field="pid"]') == str(gw.pid)
         reload_button = page.locator("#reload")

@@ -50,6 +50,8 @@ class Behaviour:
     loading: bool = False
     #: slots reported by llama-server's /slots and /props
     max_concurrency: int = 4
+    #: /props carries total_slots (False: as older llama-servers, which tell it only by /slots)
+    props_total_slots: bool = True
     #: Retry-After header (seconds) on every 429 and 503 answer
     retry_after: float | None = None
     #: length of embedding vectors unless the request asks for ``dimensions``
@@ -94,7 +96,7 @@ _FLOAT_FIELDS = {
     "first_chunk_delay_seconds",
     "retry_after",
 }
-_BOOL_FIELDS = {"garbage", "hang", "fail_probes", "loading"}
+_BOOL_FIELDS = {"garbage", "hang", "fail_probes", "loading", "props_total_slots"}
 _OPTIONAL_FIELDS = {"fail_status", "fail_times", "die_after_chunks", "error_after_chunks", "retry_after"}
 _MINIMUM = {"chunks": 1, "max_concurrency": 1, "dim": 1, "fail_status": 100}
 

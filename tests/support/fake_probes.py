@@ -64,31 +64,31 @@ async def props(request: web.Request) -> web.Response:
     state, behaviour = request.app[STATE], request[BEHAVIOUR]
     if behaviour.loading:
         return _loading(request)
-    return web.json_response(
-        {
-            "default_generation_settings": {"id": 0, "n_ctx": CONTEXT_SIZE, "params": {}},
-            "total_slots": behaviour.max_concurrency,
-            "model_alias": state.models[0] if state.models else "",
-            "model_path": f"/models/{state.models[0]}.gguf" if state.models else "",
-            "modalities": {"vision": False, "audio": False},
-            "chat_template": CHAT_TEMPLATE,
-            "chat_template_caps": {
-                "supports_object_arguments": True,
-                "supports_parallel_tool_calls": True,
-                "supports_preserve_reasoning": False,
-                "supports_string_content": True,
-                "supports_system_role": True,
-                "supports_tool_calls": True,
-                "supports_tools": True,
-                "supports_typed_content": False,
-            },
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "build_info": "fake",
-            "is_sleeping": False,
+    props = {
+        "default_generation_settings": {"id": 0, "n_ctx": CONTEXT_SIZE, "params": {}},
+        "total_slots": behaviour.max_concurrency,
+        "model_alias": state.models[0] if state.models else "",
+        "model_path": f"/models/{state.models[0]}.gguf" if state.models else "",
+        "modalities": {"vision": False, "audio": False},
+        "chat_template": CHAT_TEMPLATE,
+        "chat_template_caps": {
+            "supports_object_arguments": True,
+            "supports_parallel_tool_calls": True,
+            "supports_preserve_reasoning": False,
+            "supports_string_content": True,
+            "supports_system_role": True,
+            "supports_tool_calls": True,
+            "supports_tools": True,
+            "supports_typed_content": False,
         },
-        dumps=dumps,
-    )
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "build_info": "fake",
+        "is_sleeping": False,
+    }
+    if not behaviour.props_total_slots:
+        del props["total_slots"]
+    return web.json_response(props, dumps=dumps)
 
 
 @routes.get("/metrics")

@@ -1,4 +1,4 @@
-"""Admission to one backend: ``max_concurrency`` slots and a bounded FIFO queue of waiting requests."""
+"""Admission to one backend: its concurrency limit's slots and a bounded FIFO queue of waiting requests."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ class Admission:
     waiter, FIFO among themselves, so they never wait behind generation requests. It raises Overloaded when
     the queue already holds ``queue_size`` waiters or the wait exceeds ``queue_timeout_seconds``. A waiter
     that is cancelled (its client disconnected) leaves the queue; a slot granted to it in the same instant is
-    passed on. Every successful ``acquire`` must be paired with one ``release``."""
+    passed on. Every successful ``acquire`` must be paired with one ``release``.
+
+    ``capacity`` None is unbounded: every request is admitted at once and nothing queues. ``set_capacity``
+    changes the limit live (a probe learned a new one): ``in_flight`` stays the one count of admitted
+    requests, so a raise admits waiters at once and a cut lets the requests above it finish while new ones
+    wait until ``in_flight`` is under the new limit."""
 
     __slots__ = (
         "_queue",
@@ -38,7 +43,12 @@ class Admission:
     )
 
     def __init__(
-        self, *, capacity: int, queue_size: int, queue_timeout_seconds: float, retry_after_seconds: float
+        self,
+        *,
+        capacity: int | None,
+        queue_size: int,
+        queue_timeout_seconds: float,
+        retry_after_seconds: float,
     ) -> None:
         self.capacity = capacity
         self.in_flight = 0
@@ -52,17 +62,26 @@ class Admission:
     def queued(self) -> int:
         return len(self._queue) + len(self._urgent)
 
+    def _has_room(self) -> bool:
+        return self.capacity is None or self.in_flight < self.capacity
+
     @property
     def queue_full(self) -> bool:
-        """No free slot and no room left to wait for one."""
-        return self.in_flight >= self.capacity and self.queued >= self._queue_size
+        """No free slot and no room left to wait for one (never, when unbounded)."""
+        return not self._has_room() and self.queued >= self._queue_size
 
     @property
-    def free(self) -> int:
-        return max(self.capacity - self.in_flight, 0)
+    def free(self) -> int | None:
+        """Slots free now; None when unbounded."""
+        return None if self.capacity is None else max(self.capacity - self.in_flight, 0)
+
+    def set_capacity(self, capacity: int | None) -> None:
+        """The new limit in force; waiters it makes room for are admitted now."""
+        self.capacity = capacity
+        self._admit_waiters()
 
     def try_acquire(self) -> bool:
-        if self.in_flight < self.capacity and not self._queue and not self._urgent:
+        if self._has_room() and not self._queue and not self._urgent:
             self.in_flight += 1
             return True
         return False
@@ -95,10 +114,12 @@ class Admission:
             )
 
     def release(self) -> None:
-        queue = self._urgent or self._queue
-        if queue:
+        self.in_flight -= 1
+        self._admit_waiters()
+
+    def _admit_waiters(self) -> None:
+        while self._has_room() and (queue := self._urgent or self._queue):
             waiter = queue.popleft()
-            waiter.granted = True  # the slot moves to the waiter: in_flight is unchanged
+            waiter.granted = True  # counted as admitted before it runs: no one can take its slot
+            self.in_flight += 1
             waiter.event.set()
-        else:
-            self.in_flight -= 1

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from gatewayd.config import Config, Group
+from gatewayd.config import Backend, Config, Group
 from gatewayd.errors import BackendUnavailable, HttpError
+from gatewayd.gateway.backends.kinds import KINDS
 from gatewayd.gateway.core.scheduler import GroupScheduler, MemberState, Ticket
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ log = logging.getLogger("gatewayd.backends")
 #: a member idle this long gives way at once to a model waiting for the group (before its turn is over);
 #: shorter gaps (a client between two requests) keep it loaded
 IDLE_GRACE_SECONDS = 0.5
+
+#: the scheduler's cap on a member of an unbounded kind (vLLM): in effect none
+UNBOUNDED_MEMBER_LIMIT = 1 << 30
 
 
 class _Waiter:
@@ -50,7 +54,7 @@ class GroupDriver:
         self.key = _key(group, members)
         self.members = {unit.id: unit for unit in members}
         self.scheduler = GroupScheduler(
-            {unit.id: unit.backend.max_concurrency for unit in members},
+            {unit.id: member_limit(unit.backend) for unit in members},
             capacity=group.max_running,
             max_wait_seconds=group.max_wait_seconds,
             idle_grace_seconds=min(IDLE_GRACE_SECONDS, group.max_wait_seconds),
@@ -278,7 +282,14 @@ def conflict(message: str, code: str) -> HttpError:
 
 
 def _key(group: Group, members: list[ManagedBackend]) -> tuple[object, ...]:
-    return (group, tuple((unit.id, unit.backend.max_concurrency) for unit in members))
+    return (group, tuple((unit.id, member_limit(unit.backend)) for unit in members))
+
+
+def member_limit(backend: Backend) -> int:
+    """The requests a member may have in flight in its group's scheduler: its max_concurrency, else its
+    kind's default (a limit learned later narrows it further at the backend's admission, not here)."""
+    limit = backend.max_concurrency or KINDS[backend.kind].default_concurrency
+    return limit or UNBOUNDED_MEMBER_LIMIT
 
 
 def build_groups(manager: BackendManager, config: Config) -> None:

@@ -16,6 +16,13 @@ from gatewayd.gateway.dialects import anthropic, ollama, openai_chat
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
+#: until a llama-server has answered /props or /slots: the slots it starts with by default (-np auto)
+LLAMA_SERVER_DEFAULT_CONCURRENCY = 4
+#: Ollama does not say how many requests it runs at once (OLLAMA_NUM_PARALLEL is not in /api/ps nor
+#: /api/show); it queues the rest itself and may run several models, so a few at once keep it busy
+#: without piling requests into its own queue, where gatewayd can no longer fall back
+OLLAMA_DEFAULT_CONCURRENCY = 4
+
 
 def bearer_auth(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
@@ -40,8 +47,11 @@ class Kind:
     capabilities: Capabilities = PLAIN
     #: GET path probed before the model list, answering 200 while the server is healthy (None: none)
     health_path: str | None = None
-    #: whether the server reports its idle slots at GET /slots (llama-server)
+    #: whether the server reports its idle slots at GET /slots and its total_slots at GET /props
+    #: (llama-server): the concurrency limit is then learned from it
     reports_slots: bool = False
+    #: requests sent at once when the backend sets no max_concurrency and has not said (None: unbounded)
+    default_concurrency: int | None = None
     #: the headers that carry a backend's configured api_key
     auth: Callable[[str], dict[str, str]] = bearer_auth
     #: headers every request to a server of this kind carries (e.g. an API version)
@@ -90,6 +100,7 @@ KINDS: Mapping[BackendKind, Kind] = MappingProxyType(
             capabilities=Capabilities("llama-server", Infill.LLAMA_INFILL, extra_sampling=True),
             health_path="/health",
             reports_slots=True,
+            default_concurrency=LLAMA_SERVER_DEFAULT_CONCURRENCY,
         ),
         # vLLM refuses a completion's suffix ("suffix is not currently supported")
         BackendKind.VLLM: Kind(
@@ -108,6 +119,7 @@ KINDS: Mapping[BackendKind, Kind] = MappingProxyType(
             ollama.model_ids,
             _ollama_listed_info,
             capabilities=Capabilities("ollama", Infill.GENERATE, choices=False),
+            default_concurrency=OLLAMA_DEFAULT_CONCURRENCY,
         ),
         BackendKind.ANTHROPIC: Kind(
             anthropic.ANTHROPIC,

@@ -12,9 +12,11 @@ from anyio.abc import TaskGroup
 from gatewayd.config import Backend, Config, Limits
 from gatewayd.errors import BackendError, StartupError
 from gatewayd.gateway.backends.admission import Admission
+from gatewayd.gateway.backends.kinds import KINDS
 from gatewayd.gateway.backends.manager import BackendManager, ManagedBackend, UnitState
 from gatewayd.gateway.backends.probes import describe, probe
 from gatewayd.gateway.backends.transport import Transport
+from gatewayd.gateway.core.concurrency import Concurrency
 from gatewayd.gateway.core.health import BackendState, Health, ProbeResult
 from gatewayd.gateway.core.inventory import Inventory
 from gatewayd.gateway.core.metadata import ModelInfo
@@ -30,7 +32,7 @@ class BackendRuntime:
     """One backend's live state in one generation. ``unit`` is the process-wide managed backend behind it
     (managed and wakeable backends only): its state overrides the probes' while it is not running."""
 
-    __slots__ = ("admission", "config", "health", "idle_slots", "last_used", "unit", "wake")
+    __slots__ = ("admission", "concurrency", "config", "health", "idle_slots", "last_used", "unit", "wake")
 
     def __init__(
         self, config: Backend, health: Health, limits: Limits, unit: ManagedBackend | None = None
@@ -38,8 +40,10 @@ class BackendRuntime:
         self.config = config
         self.health = health
         self.unit = unit
+        #: the concurrency limit in force and its source; ``admission`` enforces it
+        self.concurrency = Concurrency.initial(config.max_concurrency, KINDS[config.kind].default_concurrency)
         self.admission = Admission(
-            capacity=config.max_concurrency,
+            capacity=self.concurrency.limit,
             queue_size=limits.queue_size,
             queue_timeout_seconds=limits.queue_timeout_seconds,
             retry_after_seconds=limits.retry_after_seconds,
@@ -67,6 +71,16 @@ class BackendRuntime:
         if state is UnitState.RUNNING:
             return self.health.state
         return BackendState.SLEEPING
+
+    def learn_concurrency(self, result: ProbeResult) -> None:
+        """Take the slots a probe reported as the limit (unless the config sets one): admission adjusts
+        live, keeping the requests it has admitted counted once."""
+        learned = self.concurrency.learned(result.total_slots, result.total_slots_from)
+        if learned == self.concurrency:
+            return
+        log.info("backend %s: concurrency %s, was %s", self.config.id, learned.label, self.concurrency.label)
+        self.concurrency = learned
+        self.admission.set_capacity(learned.limit)
 
     def load(self) -> Load:
         return Load(
@@ -188,6 +202,7 @@ class BackendPool:
         before = runtime.health.state
         runtime.health.probed(self.clock(), result)
         runtime.idle_slots = result.idle_slots
+        runtime.learn_concurrency(result)
         if result.models is not None:
             self.inventory.set_discovered(runtime.config.id, result.models)
         await self._learn_models(runtime, result)
@@ -262,6 +277,7 @@ class BackendPool:
         if not result.ok or backend.id in self.runtimes:
             return
         runtime.health.probed(self.clock(), result)
+        runtime.learn_concurrency(result)
         self.runtimes[backend.id] = runtime
         self.inventory.add_backend(backend.id)
         if result.models is not None:

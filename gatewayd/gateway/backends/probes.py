@@ -12,6 +12,7 @@ from gatewayd.config import Backend, BackendKind, Timeouts
 from gatewayd.errors import BackendError
 from gatewayd.gateway.backends.kinds import KINDS, auth_headers
 from gatewayd.gateway.backends.transport import Transport
+from gatewayd.gateway.core.concurrency import Source
 from gatewayd.gateway.core.health import ProbeResult
 from gatewayd.gateway.core.metadata import ModelInfo, from_llama_props, from_ollama_show
 
@@ -56,11 +57,15 @@ async def probe(transport: Transport, backend: Backend, timeout: float) -> Probe
         status, payload = await _get_json(transport, backend, kind.models_path, timeout)
         if status != 200:
             return ProbeResult(ok=False, detail=f"{kind.models_path} answered {status}")
-        idle_slots = await _idle_slots(transport, backend, timeout) if kind.reports_slots else None
+        idle_slots = total_slots = total_from = None
+        if kind.reports_slots:
+            idle_slots, total_slots, total_from = await _slots(transport, backend, timeout)
         return ProbeResult(
             ok=True,
             models=kind.model_ids(payload),
             idle_slots=idle_slots,
+            total_slots=total_slots,
+            total_slots_from=total_from,
             info=kind.listed_info(payload),
             degraded=idle_slots == 0,  # every slot busy: routed to after backends with room
         )
@@ -68,12 +73,23 @@ async def probe(transport: Transport, backend: Backend, timeout: float) -> Probe
         return ProbeResult(ok=False, detail=error.message)
 
 
-async def _idle_slots(transport: Transport, backend: Backend, timeout: float) -> int | None:
-    """llama-server's /slots (absent when started without --slots): slots not processing a request."""
+async def _slots(
+    transport: Transport, backend: Backend, timeout: float
+) -> tuple[int | None, int | None, Source | None]:
+    """llama-server's idle slots (from /slots, absent when started with --no-slots) and its total slots
+    (/props ``total_slots``, else the number of /slots), with where the total came from."""
     status, payload = await _get_json(transport, backend, "/slots", timeout)
-    if status != 200 or not isinstance(payload, list):
-        return None
-    return sum(1 for slot in payload if isinstance(slot, dict) and not slot.get("is_processing", False))
+    listed = payload if status == 200 and isinstance(payload, list) else None
+    idle = None
+    if listed is not None:
+        idle = sum(1 for slot in listed if isinstance(slot, dict) and not slot.get("is_processing", False))
+    status, props = await _get_json(transport, backend, "/props", timeout)
+    total = props.get("total_slots") if status == 200 and isinstance(props, dict) else None
+    if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+        return idle, total, Source.PROPS
+    if listed:
+        return idle, len(listed), Source.SLOTS
+    return idle, None, None
 
 
 async def describe(

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gatewayd.gateway.core.concurrency import Source
 from gatewayd.gateway.core.metadata import ModelInfo
 
 
@@ -39,6 +40,9 @@ class ProbeResult:
     models: tuple[str, ...] | None = None
     #: idle slots reported by the backend itself (llama-server /slots), when it reports them
     idle_slots: int | None = None
+    #: slots the backend runs (llama-server /props total_slots, else its /slots count), and which said so
+    total_slots: int | None = None
+    total_slots_from: Source | None = None
     #: what the model listing said about each model (size, digest, context length...), when it said
     info: Mapping[str, ModelInfo] | None = None
 

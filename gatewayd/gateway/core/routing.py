@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from gatewayd.gateway.core.health import STATE_RANK, BackendState
 from gatewayd.gateway.core.inventory import Target
 
+#: the free slots of an unbounded backend
+UNBOUNDED_FREE = 1 << 30
+
 
 @dataclass(frozen=True, slots=True)
 class Load:
@@ -16,17 +19,28 @@ class Load:
 
     state: BackendState
     in_flight: int
-    max_concurrency: int
+    #: None: unbounded (a hosted API or vLLM): always has a free slot unless its own /slots say otherwise
+    max_concurrency: int | None
     weight: float
     #: idle slots the backend itself reports (llama-server /slots); None when it does not report them
     idle_slots: int | None = None
 
     @property
     def free(self) -> int:
+        if self.max_concurrency is None:
+            return max(self.idle_slots, 0) if self.idle_slots is not None else UNBOUNDED_FREE
         free = self.max_concurrency - self.in_flight
         if self.idle_slots is not None:
             free = min(free, self.idle_slots)
         return max(free, 0)
+
+    @property
+    def free_share(self) -> float:
+        """The share of its capacity that is free. An unbounded backend has no share to count: 1.0 when
+        idle, less the more it has in flight, so that replicas behind one route still share the load."""
+        if self.max_concurrency is None:
+            return 1.0 / (1 + self.in_flight) if self.free > 0 else 0.0
+        return self.free / self.max_concurrency if self.max_concurrency else 0.0
 
 
 class Preference(enum.Enum):
@@ -58,9 +72,8 @@ def order_targets(
             load = loads[target.backend] = load_of(target.backend)
         if load.state is BackendState.DOWN:
             continue
-        free = load.free
-        share = free / load.max_concurrency if load.max_concurrency else 0.0
-        key = (STATE_RANK[load.state], 0 if free > 0 else 1, target.priority, -share, -load.weight)
+        room = 0 if load.free > 0 else 1
+        key = (STATE_RANK[load.state], room, target.priority, -load.free_share, -load.weight)
         scored.append((key, target))
     scored.sort(key=lambda pair: pair[0])
     ordered = [target for _, target in scored]

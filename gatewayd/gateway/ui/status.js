@@ -214,7 +214,7 @@
         el("td", {}, extra.port && managed ? `127.0.0.1:${extra.port}` : row.url),
         el("td", { class: "pid" }, String(dash(extra.pid))),
         el("td", {}, managed ? duration(extra.uptime_seconds) : "—"),
-        el("td", { class: "num" }, `${row.in_flight}/${row.max_concurrency}`),
+        el("td", { class: "num concurrency", title: concurrencyTitle(row) }, concurrencyCell(row)),
         el("td", { class: "num" }, String(dash(extra.queued ?? row.queued))),
         el("td", {}, (row.models || []).join(", ") || "—"),
         el("td", { class: "error" }, extra.last_error || row.last_error || ""),
@@ -222,6 +222,24 @@
       );
     });
     fill($("backends").tBodies[0], rows, 12, "no backends yet");
+  }
+
+  // in flight against the limit in force, and where the limit came from ("3/8 props", "5/∞ unbounded")
+  function concurrencyCell(row) {
+    const limit = row.max_concurrency === null || row.max_concurrency === undefined ? "∞" : row.max_concurrency;
+    const source = row.concurrency_source ? ` ${row.concurrency_source}` : "";
+    return `${row.in_flight}/${limit}${source}`;
+  }
+
+  function concurrencyTitle(row) {
+    const said = {
+      config: "set by max_concurrency in the config",
+      props: "learned from the backend's /props total_slots",
+      slots: "learned from the number of the backend's /slots",
+      default: "the default for its kind (the backend does not say)",
+      unbounded: "unbounded: the backend's own 429s push back",
+    };
+    return said[row.concurrency_source] || "";
   }
 
   // a model's generation speed over the activity window (from status/activity), or a dash

@@ -115,7 +115,9 @@ def test_status(gw: RunningGateway) -> None:
     backends = {row["id"]: row for row in status["backends"]}
     assert backends["up"]["state"] == "up"
     assert backends["up"]["models"] == ["m1", "extra"]
-    assert backends["up"]["max_concurrency"] == 4
+    # an OpenAI-kind backend with no max_concurrency is unbounded; an Ollama one has its kind's default
+    assert (backends["up"]["max_concurrency"], backends["up"]["concurrency_source"]) == (None, "unbounded")
+    assert (backends["down"]["max_concurrency"], backends["down"]["concurrency_source"]) == (4, "default")
     assert backends["down"]["state"] == "down"
     assert backends["down"]["last_error"]
     assert backends["down"]["url"].startswith("http://127.0.0.1:")  # credentials in a url are not shown

@@ -484,6 +484,14 @@ def test_a_backend_without_models_can_serve_any_route(tmp_path: Path) -> None:
     assert config.routes[0].model == "anything"
 
 
+def test_max_concurrency_left_out_or_null_is_learned_from_the_backend(tmp_path: Path) -> None:
+    assert load_text(tmp_path, BACKEND).config.backends[0].max_concurrency is None
+    null = load_text(tmp_path, BACKEND + "    max_concurrency: null\n").config.backends[0]
+    assert null.max_concurrency is None
+    given = load_text(tmp_path, BACKEND + "    max_concurrency: 4\n").config.backends[0]
+    assert given.max_concurrency == 4
+
+
 def test_backend_timeouts_overlay_the_top_level_ones(tmp_path: Path) -> None:
     config = load_text(
         tmp_path,

@@ -175,3 +175,55 @@ async def test_priority_waiters_are_served_before_the_others_fifo_among_themselv
                 while len(order) <= served:
                     await anyio.lowlevel.checkpoint()
     assert order == ["embed-1", "embed-2", "chat-1", "chat-2"]
+
+
+async def test_unbounded_admits_every_request_at_once_and_is_never_full() -> None:
+    slots = Admission(capacity=None, queue_size=0, queue_timeout_seconds=NEVER_SECONDS, retry_after_seconds=1)
+    for _ in range(100):
+        await slots.acquire("b")
+    assert (slots.in_flight, slots.queued, slots.free, slots.queue_full) == (100, 0, None, False)
+    for _ in range(100):
+        slots.release()
+    assert slots.in_flight == 0
+
+
+async def test_a_raised_capacity_admits_waiters_at_once_counted_once() -> None:
+    slots = admission(capacity=1, queue_size=4)
+    await slots.acquire("b")
+    admitted: list[int] = []
+    async with anyio.create_task_group() as tg:
+        for n in range(3):
+            tg.start_soon(lambda n=n: _acquire_then_note(slots, n, admitted))
+        await wait_queued(slots, 3)
+        slots.set_capacity(3)  # room for two of the three, in arrival order
+        assert (slots.in_flight, slots.queued) == (3, 1)
+        slots.set_capacity(None)  # unbounded: the last one too
+        assert (slots.in_flight, slots.queued) == (4, 0)
+    assert admitted == [0, 1, 2]
+    for _ in range(4):
+        slots.release()
+    assert slots.in_flight == 0
+
+
+async def test_a_cut_capacity_lets_the_admitted_finish_and_new_ones_wait_under_it() -> None:
+    slots = admission(capacity=3, queue_size=4)
+    for _ in range(3):
+        await slots.acquire("b")
+    slots.set_capacity(1)
+    assert slots.free == 0
+    assert not slots.queue_full
+    admitted: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: _acquire_then_note(slots, 0, admitted))
+        await wait_queued(slots, 1)
+        slots.release()
+        slots.release()  # one still in flight: at the new limit, the waiter still waits
+        assert (slots.in_flight, slots.queued) == (1, 1)
+        slots.release()
+    assert admitted == [0]
+    assert (slots.in_flight, slots.queued) == (1, 0)
+
+
+async def _acquire_then_note(slots: Admission, n: int, admitted: list[int]) -> None:
+    await slots.acquire("b")
+    admitted.append(n)

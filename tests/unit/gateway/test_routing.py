@@ -13,7 +13,7 @@ def load(
     state: BackendState = BackendState.UP,
     *,
     in_flight: int = 0,
-    max_concurrency: int = 4,
+    max_concurrency: int | None = 4,
     weight: float = 1.0,
     idle_slots: int | None = None,
 ) -> Load:
@@ -129,3 +129,20 @@ def test_a_preference_for_a_backend_that_does_not_serve_the_model_is_reported() 
     ordered, preference = order_targets([A], loads({"a": load()}), preferred="zzz")
     assert backends(ordered) == ["a"]
     assert preference is Preference.NOT_A_CANDIDATE
+
+
+def test_an_unbounded_backend_always_has_room_unless_its_own_slots_say_otherwise() -> None:
+    assert load(in_flight=1000, max_concurrency=None).free > 0
+    assert load(in_flight=3, max_concurrency=None, idle_slots=0).free == 0
+    # unbounded replicas still share the load: the one with fewer requests in flight goes first
+    table = {"a": load(in_flight=5, max_concurrency=None), "b": load(in_flight=2, max_concurrency=None)}
+    ordered, _ = order_targets([A, B], loads(table))
+    assert backends(ordered) == ["b", "a"]
+    # an idle one counts as all free, ahead of a bounded one with a slot taken
+    table = {"a": load(in_flight=1, max_concurrency=4), "b": load(in_flight=0, max_concurrency=None)}
+    ordered, _ = order_targets([A, B], loads(table))
+    assert backends(ordered) == ["b", "a"]
+    _, preference = order_targets(
+        [A, B], loads({**table, "b": load(in_flight=50, max_concurrency=None)}), preferred="b"
+    )
+    assert preference is Preference.HONOURED
