@@ -23,6 +23,8 @@ from gatewayd.gateway.core.affinity import AffinityTable
 from gatewayd.gateway.generation import GatewayGeneration
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import InferenceEndpoint
+from gatewayd.gateway.jobs.routes import jobs_blueprint
+from gatewayd.gateway.jobs.worker import JobRunner
 from gatewayd.gateway.lifecycle import Lifecycle
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.relay import Relay, StreamRegistry
@@ -52,6 +54,8 @@ class GatewayFactory:
         self.manager = BackendManager(state_dir, self.metrics)
         #: keys, limits and the usage record: process-wide, so limits and buffered usage survive a reload
         self.guard = Guard(state_dir, self.metrics)
+        #: durable jobs: process-wide, so a job outlives the generation current when it started (worker.py)
+        self.jobs = JobRunner(self.guard, self.metrics)
         self._affinity: AffinityTable | None = None
         self._affinity_limits: tuple[int, float] | None = None
 
@@ -62,6 +66,7 @@ class GatewayFactory:
         async with anyio.create_task_group() as tg:
             await tg.start(self.manager.run)
             await tg.start(self.guard.run)
+            await tg.start(self.jobs.run)
             try:
                 yield
             finally:
@@ -106,6 +111,7 @@ class GatewayFactory:
         for warning in await self.guard.configure(config):
             log.warning("keys: %s", warning)
         config = await self.manager.reconcile(config)
+        self.jobs.configure(config)
         async with Transport() as transport, anyio.create_task_group() as tg:
             pool = BackendPool(config, transport, self.manager)
             streams = StreamRegistry()
@@ -129,7 +135,19 @@ class GatewayFactory:
                 inference=inference,
                 activity=self.activity,
             )
-            app = create_app(generation, instance.snapshot, self.guard)
+            # jobs get an endpoint of their own: the same relay, but not cut by the HTTP drain (detach)
+            job_inference = InferenceEndpoint(
+                Lifecycle(relay, pool),
+                metrics,
+                max_body_bytes=config.server.max_body_bytes,
+                access_log_enabled=config.logging.access_log,
+                activity=self.activity,
+                guard=self.guard,
+                streams=StreamRegistry(),
+            )
+            served = lambda: {row["name"] for row in generation.model_rows()}  # noqa: E731
+            jobs = jobs_blueprint(self.jobs, self.guard, served)
+            app = create_app(generation, instance.snapshot, self.guard, (jobs,))
             generation.app = app
             sources = (
                 (metrics.in_flight, generation.gauge_in_flight),
@@ -140,11 +158,14 @@ class GatewayFactory:
             await app.startup()
             for gauge, source in sources:
                 gauge.sources.append(source)
+            job_target = self.jobs.attach(number, job_inference, config, lambda: generation.draining)
             try:
                 await pool.run(tg)
                 _log_inventory(generation)
                 yield generation
             finally:
+                with anyio.CancelScope(shield=True):
+                    await self.jobs.detach(job_target)
                 for gauge, source in sources:
                     gauge.sources.remove(source)
                 tg.cancel_scope.cancel()
