@@ -11,6 +11,7 @@ from gatewayd.cli import (
     commands_backends,
     commands_config,
     commands_instance,
+    commands_jobs,
     commands_keys,
     commands_models,
     commands_service,
@@ -42,6 +43,7 @@ for module in (
     commands_models,
     commands_backends,
     commands_keys,
+    commands_jobs,
     commands_service,
 ):
     for command in module.COMMANDS:
