@@ -52,8 +52,9 @@ PRUNE_INTERVAL_SECONDS = 3600.0
 RENEWALS_PER_LEASE = 3
 #: how long a job cut at a generation's close may take to be put back in the queue
 CUT_SETTLE_SECONDS = 5.0
-#: after a store failure the loops wait this long before trying again
+#: a store that cannot be opened is tried again after this long, doubling up to STORE_RETRY_MAX_SECONDS
 STORE_RETRY_SECONDS = 1.0
+STORE_RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(eq=False)
@@ -128,13 +129,17 @@ class JobRunner:
         self.wake()
 
     async def _open(self) -> None:
+        """Open the store, retrying with backoff (one warning per outage) until it opens."""
+        failures = 0
         while True:
             try:
                 self._store = await anyio.to_thread.run_sync(SqliteJobStore, self.db_path)
                 recovered = await anyio.to_thread.run_sync(self._store.recover, self._dead)
             except (GatewaydError, OSError) as error:
-                log.warning("jobs: cannot open the job store (%s); retrying", error)
-                await anyio.sleep(STORE_RETRY_SECONDS)
+                if failures == 0:
+                    log.warning("jobs: cannot open the job store (%s); retrying", error)
+                failures += 1
+                await anyio.sleep(min(STORE_RETRY_MAX_SECONDS, STORE_RETRY_SECONDS * 2 ** min(failures, 10)))
                 continue
             if recovered:
                 log.warning("jobs: %d job(s) of a process that died went back to the queue", recovered)

@@ -74,6 +74,16 @@ def test_a_job_runs_through_the_inference_path_and_keeps_its_result(tmp_path: Pa
         assert done["result"]["choices"][0]["message"]["content"]
         assert done["started_at"] >= done["created_at"]
         assert done["finished_at"] >= done["started_at"]
+        metrics = wait_for(
+            lambda: (
+                (text := httpx.get(gw.url + "/metrics", timeout=10).text)
+                and 'gatewayd_jobs{state="succeeded"} 1.0' in text
+                and text
+            ),
+            timeout=30,
+            what="the job counts in /metrics",
+        )
+        assert "gatewayd_job_queue_seconds_count 1.0" in metrics
         ollama = submit(gw, {"endpoint": "/api/chat", "request": CHAT})
         assert ollama.status_code == 202
         assert finished(gw, ollama.json()["id"])["result"]["message"]["content"]
