@@ -23,6 +23,7 @@ from gatewayd.gateway.core.affinity import AffinityTable
 from gatewayd.gateway.generation import GatewayGeneration
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import InferenceEndpoint
+from gatewayd.gateway.jobs.batch_routes import batches_blueprint
 from gatewayd.gateway.jobs.routes import jobs_blueprint
 from gatewayd.gateway.jobs.worker import JobRunner
 from gatewayd.gateway.lifecycle import Lifecycle
@@ -147,7 +148,8 @@ class GatewayFactory:
             )
             served = lambda: {row["name"] for row in generation.model_rows()}  # noqa: E731
             jobs = jobs_blueprint(self.jobs, self.guard, served)
-            app = create_app(generation, instance.snapshot, self.guard, (jobs,))
+            batches = batches_blueprint(self.jobs, self.guard)
+            app = create_app(generation, instance.snapshot, self.guard, (jobs, batches))
             generation.app = app
             sources = (
                 (metrics.in_flight, generation.gauge_in_flight),

@@ -37,19 +37,7 @@ def jobs_blueprint(runner: JobRunner, guard: Guard, models: Callable[[], set[str
     jobs = Blueprint("jobs", __name__)
 
     def owner() -> object:
-        """The key whose jobs this request may see: ANY_KEY for the admin token, None with auth off.
-        (The app's access check has already refused a request without a valid key.)"""
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()]
-        if guard.is_admin(headers):
-            return ANY_KEY
-        key = guard.authenticate(headers)
-        return None if key is None else key.id
-
-    async def in_store(action: Callable[[], Any]) -> Any:
-        try:
-            return await anyio.to_thread.run_sync(action)
-        except StoreError as error:
-            raise HttpError(f"the job store cannot be used: {error.message}", status=503) from error
+        return request_owner(guard)
 
     async def owned(job_id: str) -> Job:
         who = owner()
@@ -60,10 +48,7 @@ def jobs_blueprint(runner: JobRunner, guard: Guard, models: Callable[[], set[str
 
     @jobs.errorhandler(RequestError)
     async def request_error(error: RequestError) -> Response:
-        dialect = dialect_of_path(request.path)
-        response = Response(dialect.error_body(error), content_type="application/json")
-        response.status_code = dialect.error_status(error)
-        return response
+        return error_response(error)
 
     @jobs.post("/v1/jobs")
     async def submit() -> tuple[Response, int]:
@@ -192,6 +177,31 @@ def jobs_blueprint(runner: JobRunner, guard: Guard, models: Callable[[], set[str
         return response
 
     return jobs
+
+
+def request_owner(guard: Guard) -> object:
+    """The key whose jobs this request may see: ANY_KEY for the admin token, None with auth off. (The
+    app's access check has already refused a request without a valid key.)"""
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()]
+    if guard.is_admin(headers):
+        return ANY_KEY
+    key = guard.authenticate(headers)
+    return None if key is None else key.id
+
+
+async def in_store(action: Callable[[], Any]) -> Any:
+    """Run a blocking store call in a worker thread; a store that cannot be used is a 503."""
+    try:
+        return await anyio.to_thread.run_sync(action)
+    except StoreError as error:
+        raise HttpError(f"the job store cannot be used: {error.message}", status=503) from error
+
+
+def error_response(error: RequestError) -> Response:
+    dialect = dialect_of_path(request.path)
+    response = Response(dialect.error_body(error), content_type="application/json")
+    response.status_code = dialect.error_status(error)
+    return response
 
 
 async def _webhook(value: object, allow_private: bool) -> tuple[str | None, str | None]:

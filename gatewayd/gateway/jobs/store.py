@@ -28,7 +28,7 @@ from gatewayd.errors import StoreError
 from gatewayd.gateway.jobs.model import Delivery, Job, JobState
 from gatewayd.store.db import Store
 
-JOBS_SCHEMA_VERSION = 1
+JOBS_SCHEMA_VERSION = 2
 #: JOBS_MIGRATIONS[n] takes the jobs table from version n to n + 1
 JOBS_MIGRATIONS = (
     """
@@ -66,6 +66,36 @@ JOBS_MIGRATIONS = (
     CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency ON jobs (coalesce(key_id, ''), idempotency_key)
         WHERE idempotency_key IS NOT NULL;
     INSERT OR IGNORE INTO meta (name, value) VALUES ('jobs_schema', 0);
+    """,
+    # OpenAI-compatible batches: uploaded files, batches, and the batch line each job runs
+    """
+    ALTER TABLE jobs ADD COLUMN batch_id TEXT;
+    ALTER TABLE jobs ADD COLUMN custom_id TEXT;
+    CREATE INDEX IF NOT EXISTS jobs_by_batch ON jobs (batch_id, seq) WHERE batch_id IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS files (
+        id TEXT PRIMARY KEY,
+        key_id TEXT,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        content BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS batches (
+        id TEXT PRIMARY KEY,
+        key_id TEXT,
+        endpoint TEXT NOT NULL,
+        input_file_id TEXT NOT NULL,
+        completion_window TEXT NOT NULL,
+        status TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        cancelling_at REAL,
+        output_file_id TEXT,
+        error_file_id TEXT,
+        metadata TEXT
+    );
     """,
 )
 

@@ -39,8 +39,9 @@ from gatewayd.errors import GatewaydError, StoreError
 from gatewayd.gateway.dialects.registry import ROUTES
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import JOB_KEY_SCOPE, InferenceEndpoint
+from gatewayd.gateway.jobs.batches import SqliteBatchStore
 from gatewayd.gateway.jobs.model import Job, JobState
-from gatewayd.gateway.jobs.store import JobStore, SqliteJobStore
+from gatewayd.gateway.jobs.store import JobStore
 from gatewayd.gateway.jobs.webhook import WebhookSender
 from gatewayd.gateway.metrics import Metrics
 
@@ -94,7 +95,7 @@ class JobRunner:
         self.settings = JobSettings()
         #: this process, as lease owner: host, pid, and a token (a pid can be reused after a reboot)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._store: JobStore | None = None
+        self._store: SqliteBatchStore | None = None
         self._targets: list[JobTarget] = []
         self._runs: dict[str, _Run] = {}
         self._wake = anyio.Event()
@@ -133,7 +134,7 @@ class JobRunner:
         failures = 0
         while True:
             try:
-                self._store = await anyio.to_thread.run_sync(SqliteJobStore, self.db_path)
+                self._store = await anyio.to_thread.run_sync(SqliteBatchStore, self.db_path)
                 recovered = await anyio.to_thread.run_sync(self._store.recover, self._dead)
             except (GatewaydError, OSError) as error:
                 if failures == 0:
@@ -200,6 +201,11 @@ class JobRunner:
 
     @property
     def store(self) -> JobStore:
+        return self.batches
+
+    @property
+    def batches(self) -> SqliteBatchStore:
+        """The SQLite engine's files and batches (OpenAI's batch API is served on the embedded store)."""
         if self._store is None:
             raise StoreError("the job store is not open yet")
         return self._store

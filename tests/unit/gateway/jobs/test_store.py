@@ -154,5 +154,5 @@ def test_a_newer_jobs_schema_is_refused_with_both_versions(tmp_path: Path) -> No
     SqliteJobStore(path).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = 99 WHERE name = 'jobs_schema'")
-    with pytest.raises(StoreError, match="jobs schema 99; this one knows 1"):
+    with pytest.raises(StoreError, match="jobs schema 99; this one knows 2"):
         SqliteJobStore(path)
