@@ -198,6 +198,10 @@ class SqliteJobStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the job store {path}: {exc}") from exc
         try:
+            with self._locked("open the job store") as conn:
+                # as the store's own connections: WAL, and a commit survives a crash of the process
+                # (the last ones may be lost on a power cut); FULL would fsync every job's every change
+                conn.execute("PRAGMA synchronous = NORMAL")
             with self._transaction("create the jobs table") as conn:
                 self._migrate(conn)
         except BaseException:
