@@ -13,7 +13,15 @@ from typing import Any
 import anyio.to_thread
 from quart import Blueprint, Response, jsonify, request
 
-from gatewayd.errors import BadRequest, HttpError, ModelNotFound, NotFound, RequestError, StoreError
+from gatewayd.errors import (
+    BadRequest,
+    HttpError,
+    ModelNotAllowed,
+    ModelNotFound,
+    NotFound,
+    RequestError,
+    StoreError,
+)
 from gatewayd.gateway.dialects.registry import ROUTES
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.inference import dialect_of_path, parse_request
@@ -74,6 +82,10 @@ def jobs_blueprint(runner: JobRunner, guard: Guard, models: Callable[[], set[str
         _, model = parse_request(api, json.dumps(inner).encode())
         if model not in models():
             raise ModelNotFound(f"model '{model}' is not served by gatewayd", param="model")
+        key = guard.key_by_id(who) if isinstance(who, str) else None
+        if key is not None and key.models is not None and model not in key.models:
+            allowed = ", ".join(key.models) or "none"
+            raise ModelNotAllowed(f"key '{key.name}' may not use model '{model}' (it may use: {allowed})")
         priority = body.get("priority", 0)
         if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITY_RANGE:
             raise BadRequest("'priority' must be a whole number from -100 to 100", param="priority")

@@ -224,6 +224,11 @@ def test_with_keys_a_job_belongs_to_its_key(tmp_path: Path) -> None:
             ]
         ] == [job_id]
         assert job(gw, job_id, ADMIN).status_code == 200
+        limited = httpx.post(gw.url + "/admin/keys", json={"name": "other-only", "models": ["other"]},
+                             headers=admin, timeout=10).json()["key"]  # fmt: skip
+        refused = submit(gw, {"endpoint": "/v1/chat/completions", "request": CHAT}, limited)
+        assert refused.status_code == 403  # at once, not a failed job later
+        assert refused.json()["error"]["code"] == "model_not_allowed"
         # the same idempotency key under two keys is two jobs
         body = {"endpoint": "/v1/chat/completions", "request": CHAT, "idempotency_key": "k"}
         assert submit(gw, body, alice).json()["id"] != submit(gw, body, bob).json()["id"]
