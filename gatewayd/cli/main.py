@@ -27,6 +27,7 @@ COMMAND_MODULES: dict[str, str] = {
     "backends": "commands_backends",
     "keys": "commands_keys",
     "usage": "commands_keys",
+    "jobs": "commands_jobs",
     "install": "commands_service",
 }
 

@@ -367,6 +367,31 @@ class ResponsesSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JobSettings:
+    """Durable async jobs (POST /v1/jobs): kept in the store, run through the inference path."""
+
+    #: jobs run at once by this process (each takes a backend slot like a live request)
+    concurrency: int = 8
+    #: a claimed job is this process's for this long, renewed while it runs; after a crash it runs again
+    #: once the lease is out (at once at the next start on the same host)
+    lease_seconds: float = 30.0
+    #: tries of a job whose backend failed (connection error, 5xx) before it fails; a 4xx fails at once
+    max_attempts: int = 5
+    #: the first retry waits this long, each next one twice as long, up to retry_max_seconds
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    #: how often the store is looked at for jobs submitted elsewhere (the CLI, another process)
+    poll_interval_seconds: float = 1.0
+    #: finished jobs (and their results) are deleted this long after they finish
+    retention_seconds: float = 7 * 86_400.0
+    #: webhook deliveries of one terminal state, retried with backoff from 1 s
+    webhook_max_attempts: int = 8
+    webhook_timeout_seconds: float = 10.0
+    #: allow webhook URLs on loopback or private addresses (off: no requests into this machine's network)
+    allow_private_webhooks: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole config. ``source`` is the file it came from (None for the built-in default)."""
 
@@ -383,6 +408,7 @@ class Config:
     auth: AuthSettings = AuthSettings()
     usage: UsageSettings = UsageSettings()
     responses: ResponsesSettings = ResponsesSettings()
+    jobs: JobSettings = JobSettings()
     keys: tuple[ApiKey, ...] = ()
     backends: tuple[Backend, ...] = ()
     groups: tuple[Group, ...] = ()

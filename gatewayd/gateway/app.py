@@ -14,10 +14,10 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from quart import Quart, Response, g, jsonify, request
+from quart import Blueprint, Quart, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from gatewayd import __version__
@@ -50,9 +50,14 @@ OPERATOR_PATHS = frozenset({"/metrics", "/status", "/status/activity"})
 
 
 def create_app(
-    generation: GatewayGeneration, instance_snapshot: Callable[[], Mapping[str, object]], guard: Guard
+    generation: GatewayGeneration,
+    instance_snapshot: Callable[[], Mapping[str, object]],
+    guard: Guard,
+    blueprints: Sequence[Blueprint] = (),
 ) -> Quart:
     app = Quart("gatewayd")
+    for blueprint in blueprints:  # the areas served beside these routes (jobs)
+        app.register_blueprint(blueprint)
     app.config.update(
         MAX_CONTENT_LENGTH=generation.config.server.max_body_bytes,
         RESPONSE_TIMEOUT=None,

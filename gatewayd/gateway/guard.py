@@ -273,6 +273,13 @@ class Guard:
             raise Unauthorized("invalid API key (unknown, revoked or expired)")
         return record
 
+    def key_by_id(self, key_id: str) -> KeyRecord | None:
+        """The active key with this id, from the cache (a job runs under the key that submitted it)."""
+        for record in self._keys.values():
+            if record.id == key_id and record.active:
+                return record
+        return None
+
     def is_admin(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
         """The request carries the admin token (which also reads what keys may read)."""
         token = self.settings.admin_token

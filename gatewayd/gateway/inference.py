@@ -50,6 +50,9 @@ log = logging.getLogger("gatewayd.inference")
 INFERENCE_ROUTES: dict[str, Api] = dict(ROUTES)
 #: HTTP status logged for a request whose client went away before the answer
 CLIENT_CLOSED_REQUEST = 499
+#: the scope entry that carries a job's key (gatewayd.gateway.jobs.worker builds such scopes; a client
+#: cannot set it: scopes are built by the server)
+JOB_KEY_SCOPE = "gatewayd.job_key"
 #: a request starts watching for its client's disconnect once it has lasted this long
 DISCONNECT_WATCH_DELAY_SECONDS = 0.05
 
@@ -195,7 +198,10 @@ class InferenceEndpoint:
         try:
             error: RequestError | None = None
             try:  # the key is checked before the body is read
-                key = self._guard.authenticate(scope["headers"], api.dialect.api_key)
+                if JOB_KEY_SCOPE in scope:  # a job's request: its key was checked when it was submitted
+                    key = scope[JOB_KEY_SCOPE]
+                else:
+                    key = self._guard.authenticate(scope["headers"], api.dialect.api_key)
                 exchange.raw = await read_body(scope, receive, self._limit)
                 exchange.body, exchange.model = parse_request(api, exchange.raw, self._max_json_depth)
                 exchange.stream = api.wants_stream(exchange.body)

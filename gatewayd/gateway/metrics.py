@@ -273,12 +273,20 @@ class Metrics:
         self.store_write_seconds = Gauge(
             "gatewayd_usage_last_write_seconds", "How long the last batch write to the store took.", ()
         )
+        self.jobs = Gauge("gatewayd_jobs", "Jobs in the store, by state.", ("state",))
+        self.job_queue_seconds = Histogram(
+            "gatewayd_job_queue_seconds",
+            "Time from a job's submission to its claim by a worker (each attempt).",
+            (),
+            LATENCY_BUCKETS,
+        )
         self._all = (
             self.requests, self.attempts, self.tokens, self.latency, self.ttft, self.overhead,
             self.in_flight, self.queued, self.backend_up, self.info,
             self.starts, self.swaps, self.group_wait, self.group_queued,
             self.key_requests, self.key_tokens, self.limit_rejections, self.auth_failures,
             self.store_backlog, self.store_written, self.store_dropped, self.store_write_seconds,
+            self.jobs, self.job_queue_seconds,
         )  # fmt: skip
         #: what a scrape reads: the standard process_* and python_* families, then gatewayd's
         self.registry = CollectorRegistry(auto_describe=False)

@@ -24,6 +24,9 @@ from gatewayd.gateway.core.affinity import AffinityTable
 from gatewayd.gateway.generation import GatewayGeneration
 from gatewayd.gateway.guard import DB_FILE, Guard
 from gatewayd.gateway.inference import InferenceEndpoint
+from gatewayd.gateway.jobs.batch_routes import batches_blueprint
+from gatewayd.gateway.jobs.routes import jobs_blueprint
+from gatewayd.gateway.jobs.worker import JobRunner
 from gatewayd.gateway.lifecycle import Lifecycle
 from gatewayd.gateway.metrics import Metrics
 from gatewayd.gateway.relay import Relay, StreamRegistry
@@ -55,6 +58,8 @@ class GatewayFactory:
         self.guard = Guard(state_dir, self.metrics)
         #: /v1/responses conversations kept for previous_response_id (in the store, like the keys)
         self.conversations = Conversations(state_dir / DB_FILE)
+        #: durable jobs: process-wide, so a job outlives the generation current when it started (worker.py)
+        self.jobs = JobRunner(self.guard, self.metrics)
         self._affinity: AffinityTable | None = None
         self._affinity_limits: tuple[int, float] | None = None
 
@@ -65,6 +70,7 @@ class GatewayFactory:
         async with anyio.create_task_group() as tg:
             await tg.start(self.manager.run)
             await tg.start(self.guard.run)
+            await tg.start(self.jobs.run)
             try:
                 yield
             finally:
@@ -110,6 +116,7 @@ class GatewayFactory:
         for warning in await self.guard.configure(config):
             log.warning("keys: %s", warning)
         config = await self.manager.reconcile(config)
+        self.jobs.configure(config)
         async with Transport() as transport, anyio.create_task_group() as tg:
             pool = BackendPool(config, transport, self.manager)
             streams = StreamRegistry()
@@ -136,7 +143,23 @@ class GatewayFactory:
                 inference=inference,
                 activity=self.activity,
             )
-            app = create_app(generation, instance.snapshot, self.guard)
+            # jobs get an endpoint of their own: the same relay, but not cut by the HTTP drain (detach)
+            job_inference = InferenceEndpoint(
+                Lifecycle(relay, pool),
+                metrics,
+                max_body_bytes=config.server.max_body_bytes,
+                max_json_depth=config.server.max_json_depth,
+                access_log_enabled=config.logging.access_log,
+                activity=self.activity,
+                guard=self.guard,
+                streams=StreamRegistry(),
+                conversations=self.conversations,
+                responses=config.responses,
+            )
+            served = lambda: {row["name"] for row in generation.model_rows()}  # noqa: E731
+            jobs = jobs_blueprint(self.jobs, self.guard, served, max_json_depth=config.server.max_json_depth)
+            batches = batches_blueprint(self.jobs, self.guard)
+            app = create_app(generation, instance.snapshot, self.guard, (jobs, batches))
             generation.app = app
             sources = (
                 (metrics.in_flight, generation.gauge_in_flight),
@@ -147,11 +170,14 @@ class GatewayFactory:
             await app.startup()
             for gauge, source in sources:
                 gauge.sources.append(source)
+            job_target = self.jobs.attach(number, job_inference, config, lambda: generation.draining)
             try:
                 await pool.run(tg)
                 _log_inventory(generation)
                 yield generation
             finally:
+                with anyio.CancelScope(shield=True):
+                    await self.jobs.detach(job_target)
                 for gauge, source in sources:
                     gauge.sources.remove(source)
                 tg.cancel_scope.cancel()
