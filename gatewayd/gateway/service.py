@@ -158,7 +158,7 @@ class GatewayFactory:
             )
             served = lambda: {row["name"] for row in generation.model_rows()}  # noqa: E731
             jobs = jobs_blueprint(self.jobs, self.guard, served, max_json_depth=config.server.max_json_depth)
-            batches = batches_blueprint(self.jobs, self.guard)
+            batches = batches_blueprint(self.jobs, self.guard, max_json_depth=config.server.max_json_depth)
             app = create_app(generation, instance.snapshot, self.guard, (jobs, batches))
             generation.app = app
             sources = (

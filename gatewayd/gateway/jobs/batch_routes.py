@@ -8,6 +8,7 @@ from typing import Any
 from quart import Blueprint, Response, jsonify, request
 
 from gatewayd.errors import BadRequest, NotFound, RequestError
+from gatewayd.gateway.core.requestbody import parse_json
 from gatewayd.gateway.dialects.registry import ROUTES
 from gatewayd.gateway.guard import Guard
 from gatewayd.gateway.jobs.batches import parse_lines
@@ -19,7 +20,7 @@ from gatewayd.gateway.jobs.worker import JobRunner
 MAX_BATCH_PAGE = 100
 
 
-def batches_blueprint(runner: JobRunner, guard: Guard) -> Blueprint:
+def batches_blueprint(runner: JobRunner, guard: Guard, *, max_json_depth: int) -> Blueprint:
     batches = Blueprint("batches", __name__)
 
     def visible(owner: str | None) -> bool:
@@ -65,7 +66,9 @@ def batches_blueprint(runner: JobRunner, guard: Guard) -> Blueprint:
     @batches.post("/v1/batches")
     async def create() -> Response:
         who = request_owner(guard)
-        body = await request.get_json(silent=True)
+        raw = await request.get_data(as_text=False)
+        assert isinstance(raw, bytes)
+        body = parse_json(raw, max_json_depth)
         if not isinstance(body, dict):
             raise BadRequest("send a JSON object with input_file_id, endpoint and completion_window")
         endpoint = body.get("endpoint")

@@ -23,8 +23,10 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
-import httpx
 
+from gatewayd.config.schema import Timeouts
+from gatewayd.errors import RequestError
+from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.jobs.model import Delivery, Job
 
 if TYPE_CHECKING:
@@ -86,7 +88,8 @@ class WebhookSender:
     async def run(self) -> None:
         runner = self._runner
         limiter = anyio.CapacityLimiter(MAX_CONCURRENT_DELIVERIES)
-        async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
+        # the gateway's own upstream client: its bounds, and no second HTTP stack in a serving process
+        async with Transport() as client, anyio.create_task_group() as tg:
             while True:
                 try:
                     due = await anyio.to_thread.run_sync(
@@ -103,7 +106,7 @@ class WebhookSender:
                     await self._wake.wait()
                 self._wake = anyio.Event()
 
-    async def _deliver(self, client: httpx.AsyncClient, limiter: anyio.CapacityLimiter, job: Job) -> None:
+    async def _deliver(self, client: Transport, limiter: anyio.CapacityLimiter, job: Job) -> None:
         runner = self._runner
         settings = runner.settings
         try:
@@ -119,21 +122,33 @@ class WebhookSender:
                             job.webhook_url or "", allow_private=settings.allow_private_webhooks
                         )
                     )
-                    response = await client.post(
-                        job.webhook_url,
-                        content=body,
-                        headers={
-                            "Content-Type": "application/json",
-                            SIGNATURE_HEADER: signature(job.webhook_secret or "", int(now), body),
-                        },
-                        timeout=settings.webhook_timeout_seconds,
-                    )
-                    status = response.status_code
+                    bound = settings.webhook_timeout_seconds
+                    with anyio.fail_after(bound):
+                        response = await client.open(
+                            "POST",
+                            job.webhook_url,
+                            backend="webhook receiver",
+                            timeouts=Timeouts(
+                                connect_seconds=bound, first_byte_seconds=bound, idle_seconds=bound
+                            ),
+                            headers={
+                                "Content-Type": "application/json",
+                                SIGNATURE_HEADER: signature(job.webhook_secret or "", int(now), body),
+                            },
+                            body=body,
+                        )
+                        try:
+                            await response.read()
+                        finally:
+                            response.close()
+                    status = response.status
                     if not 200 <= status < 300:
                         error = f"the receiver answered {status}"
                 except WebhookRefused as refused:
                     error = str(refused)
-                except httpx.HTTPError as failure:
+                except TimeoutError:
+                    error = f"the receiver did not answer within {settings.webhook_timeout_seconds:g} s"
+                except RequestError as failure:  # refused, unreachable, not HTTP, or the gateway stopping
                     error = f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
                 delivered = error is None
                 tries = len(job.deliveries) + 1
