@@ -277,8 +277,7 @@ class InferenceEndpoint:
         if not exchange.stream:
             return
         code = "gateway_shutdown" if isinstance(error, Draining) else error.code or "server_error"
-        dialect = exchange.api.dialect
-        event = dialect.encode(dialect.stream_error(error.message, code))
+        event = exchange.stream_error(error.message, code)
         try:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except Exception as failure:  # the stream had already been ended, or its client is gone

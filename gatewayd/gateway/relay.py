@@ -39,7 +39,7 @@ from gatewayd.gateway.core.affinity import AffinityTable, Outcome, affinity_key
 from gatewayd.gateway.core.framing import Framing
 from gatewayd.gateway.core.inventory import Target
 from gatewayd.gateway.core.routing import Preference, order_targets
-from gatewayd.gateway.core.stream import StreamMachine, stream_machine, whole_answer
+from gatewayd.gateway.core.stream import StreamMachine, stream_error, stream_machine, whole_answer
 from gatewayd.gateway.core.translation import Translator
 from gatewayd.gateway.core.usage import Usage
 from gatewayd.gateway.dialects.registry import Api, refusal, translator
@@ -69,6 +69,7 @@ class Exchange:
         "error",
         "first_byte_at",
         "headers",
+        "machine",
         "model",
         "preference",
         "preferred",
@@ -128,6 +129,14 @@ class Exchange:
         self.rate_headers: Mapping[str, str] | None = None
         #: events relayed on a stream: the token estimate when the backend reports no usage
         self.stream_events = 0
+        #: the stream machine of the answer being streamed (what ends it in band when it breaks)
+        self.machine: StreamMachine | None = None
+
+    def stream_error(self, message: str, code: str) -> bytes:
+        """The last bytes of this exchange's stream, broken after its response began."""
+        if self.machine is None:
+            return stream_error(self.api.dialect, message, code)
+        return self.machine.failure(message, code)
 
     def response_headers(self, content_type: bytes) -> list[tuple[bytes, bytes]]:
         headers = [
@@ -393,6 +402,7 @@ class Relay:
                     body=exchange.body,
                 )
                 exchange.translation = translation
+                exchange.machine = None
                 body = self._upstream_body(exchange, translation, target.model)
             except Unsupported as unsupported:  # named here: the codecs do not know which backend it is
                 raise _named(unsupported, runtime) from None
@@ -490,12 +500,8 @@ class Relay:
     ) -> None:
         """Relay a streamed answer through its stream machine (``core.stream``): bytes in, bytes out. A cut by
         the gateway's own shutdown cancels the request's scope, owned by the inference endpoint."""
-        await self._pump(
-            exchange,
-            stream_machine(translation, exchange.backend, started=exchange.started),
-            upstream,
-            send,
-        )
+        exchange.machine = stream_machine(translation, exchange.backend, started=exchange.started)
+        await self._pump(exchange, exchange.machine, upstream, send)
 
     async def _start_stream(self, exchange: Exchange, send: Send, framing: Framing, first: bytes) -> None:
         exchange.status = 200
@@ -537,8 +543,7 @@ class Relay:
 
     async def _end_stream_with_error(self, exchange: Exchange, send: Send, message: str, code: str) -> None:
         exchange.error = message
-        dialect = exchange.api.dialect
-        event = dialect.encode(dialect.stream_error(message, code))
+        event = exchange.stream_error(message, code)
         try:
             await send({"type": "http.response.body", "body": event, "more_body": False})
         except OSError:  # pragma: no cover - the client is gone too

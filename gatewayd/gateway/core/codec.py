@@ -45,6 +45,12 @@ class StreamEncoder(abc.ABC):
         such as SSE's ``[DONE]``)."""
         return []
 
+    def failure(self, message: str, code: str) -> list[Payload] | None:
+        """The last payloads of a stream that broke (the backend died, a timeout, the gateway's drain),
+        for a dialect whose stream ends with its answer object marked failed; None (the default): the
+        dialect's ``stream_error`` event ends it."""
+        return None
+
 
 class ClientCodec(abc.ABC):
     """The client side of one chat-like API (e.g. Anthropic's /v1/messages).

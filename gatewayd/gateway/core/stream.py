@@ -55,6 +55,12 @@ class StreamMachine(abc.ABC):
     def usage(self) -> Usage:
         """The token counts seen so far."""
 
+    @abc.abstractmethod
+    def failure(self, message: str, code: str) -> bytes:
+        """The bytes that end this stream when it breaks after its response began: the client dialect's
+        ``stream_error`` event, or what its encoder ends a broken stream with (a Responses stream ends
+        with ``response.failed``, carrying the response)."""
+
 
 def stream_machine(translation: Translator, backend: str | None, *, started: bool = False) -> StreamMachine:
     """The machine for one streamed answer of ``translation`` from ``backend`` (named in errors);
@@ -94,6 +100,9 @@ class RelayedStream(StreamMachine):
             self._check_first_events(complete)
             self.started = True
         return complete
+
+    def failure(self, message: str, code: str) -> bytes:
+        return _failure(self._dialect, self._tap, message, code)
 
     def end(self) -> bytes:
         if self._rest.strip():
@@ -156,6 +165,9 @@ class TranslatedStream(StreamMachine):
         self.started = True
         return b"".join(out)
 
+    def failure(self, message: str, code: str) -> bytes:
+        return _failure(self._client, self._stream, message, code)
+
     def end(self) -> bytes:
         if self._error is not None:
             raise self._error
@@ -185,6 +197,19 @@ def whole_answer(translation: Translator, raw: bytes, backend: str | None) -> tu
     return json.dumps(
         translation.response(payload), separators=(",", ":"), ensure_ascii=False
     ).encode(), usage
+
+
+def stream_error(dialect: DialectProfile, message: str, code: str) -> bytes:
+    """The dialect's ``stream_error`` event, framed: how a broken stream with no machine ends (its
+    backend failed to start after keep-alive events)."""
+    return dialect.encode(dialect.stream_error(message, code))
+
+
+def _failure(dialect: DialectProfile, stream: StreamTranslator, message: str, code: str) -> bytes:
+    payloads = stream.failure(message, code)
+    if payloads is None:
+        return stream_error(dialect, message, code)
+    return b"".join(dialect.encode(p) for p in payloads)
 
 
 def _decoder(dialect: DialectProfile) -> SSEDecoder | NDJSONDecoder:

@@ -48,6 +48,11 @@ class StreamTranslator(abc.ABC):
         """The upstream ended normally: trailing client payloads."""
         return []
 
+    def failure(self, message: str, code: str) -> list[Payload] | None:
+        """The stream broke: the client payloads that end it, or None for the client dialect's
+        ``stream_error`` event."""
+        return None
+
 
 class Translator(abc.ABC):
     """Translates one request for a backend of another (or the same) dialect, and its answer.
@@ -220,6 +225,9 @@ class CodecStream(StreamTranslator):
         out = self._encode(self._decoder.finish())
         out.extend(self._encoder.finish())
         return out
+
+    def failure(self, message: str, code: str) -> list[Payload] | None:
+        return self._encoder.failure(message, code)
 
     def _encode(self, events: list[ChatEvent]) -> list[Payload]:
         if not events:

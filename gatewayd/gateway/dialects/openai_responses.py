@@ -459,15 +459,20 @@ class ResponsesStreamEncoder(StreamEncoder):
         self._sequence += 1
         return payload
 
+    def _start(self) -> list[Payload]:
+        self._started = True
+        snapshot = self._codec._response(self._model, [], None, None)
+        return [
+            self._emit({"type": "response.created", "response": snapshot}),
+            self._emit({"type": "response.in_progress", "response": dict(snapshot)}),
+        ]
+
     def event(self, event: ChatEvent) -> list[Payload]:
         out: list[Payload] = []
         if not self._started:
-            self._started = True
             if isinstance(event, MessageStart) and event.model:
                 self._model = event.model
-            snapshot = self._codec._response(self._model, [], None, None)
-            out.append(self._emit({"type": "response.created", "response": snapshot}))
-            out.append(self._emit({"type": "response.in_progress", "response": dict(snapshot)}))
+            out.extend(self._start())
             if isinstance(event, MessageStart):
                 return out
         if isinstance(event, TextDelta):
@@ -518,6 +523,29 @@ class ResponsesStreamEncoder(StreamEncoder):
             self._codec.last_response = response
             kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
             out.append(self._emit({"type": kind, "response": response}))
+        return out
+
+    def failure(self, message: str, code: str) -> list[Payload]:
+        """``response.failed``, carrying the response as far as it got (status ``failed``, its ``error``),
+        after ``response.created`` if the stream had not begun: the openai client's stream helper needs
+        that first. ``error.code`` is ``server_error`` (the codes OpenAI defines for a response's error);
+        the gateway's own code is its ``type``. Not kept as ``last_response``: a broken answer is no
+        conversation to continue."""
+        out = [] if self._started else self._start()
+        output = [dict(item) for item in self._items]
+        if self._open is not None and output:  # the item being streamed, with its text so far
+            text = "".join(self._text)
+            if self._open["type"] == "message":
+                output[-1]["content"] = [_text_part(text)]
+            elif self._open["type"] == "reasoning":
+                output[-1]["summary"] = [{"type": "summary_text", "text": text}]
+        for item in output:
+            if item.get("status") == "in_progress":
+                item["status"] = "incomplete"
+        response = self._codec._response(self._model, output, None, None)
+        response["status"] = "failed"
+        response["error"] = {"code": "server_error", "message": message, "param": None, "type": code}
+        out.append(self._emit({"type": "response.failed", "response": response}))
         return out
 
     def _where(self, kind: str, **fields: Any) -> Payload:

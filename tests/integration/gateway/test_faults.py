@@ -204,6 +204,37 @@ def test_a_broken_stream_ends_with_one_error_event_and_a_clean_close(
         assert all("error" not in json.loads(p) for p in payloads[:-1])
 
 
+@pytest.mark.parametrize("kind", ["openai", "ollama"])
+def test_a_responses_stream_broken_mid_way_ends_with_response_failed_carrying_the_response(
+    fake_backend_factory: FakeBackendFactory, gateway_factory: GatewayFactory, kind: str
+) -> None:
+    dying = fake_backend_factory(models=("dying",), kind=kind, die_after_chunks=3)
+    gw = gateway_factory(Config(backends=(backend("a", dying, "dying"),)))
+
+    with openai_client(gw) as client:
+        events = list(client.responses.create(model="dying", input="hello there", stream=True))
+        with client.responses.stream(model="dying", input="hello there") as helper:
+            helped = list(helper)
+
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    assert all(e.type not in ("error", "response.completed") for e in events[:-1])
+    failed = events[-1]
+    assert failed.type == "response.failed"
+    assert failed.sequence_number == len(events) - 1
+    response = failed.response
+    assert response.id == events[0].response.id
+    assert response.status == "failed"
+    assert response.error is not None
+    assert response.error.code == "server_error"
+    assert response.error.message == "backend a closed the stream before it ended"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text
+    assert REPLY.startswith(text)
+    assert text != REPLY
+    assert response.output_text == text  # the response as far as it got
+    assert helped[-1].type == "response.failed"  # the SDK's stream helper accepts it too
+
+
 # --- timeouts --------------------------------------------------------------------------------------------
 
 
