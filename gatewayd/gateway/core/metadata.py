@@ -10,11 +10,13 @@ Sources, per backend kind:
 - other OpenAI-compatible servers: the ``context_length`` / ``context_window`` / ``max_context_length``
   fields some add to /v1/models entries.
 
-A field a backend did not give stays None and is left out of every answer: nothing is made up.
+A field a backend did not give stays None and is left out of every answer: nothing is made up, except an
+Ollama listing's ``digest``, which Ollama's own CLI needs on every model (``model_digest``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -197,15 +199,24 @@ def ollama_details(info: ModelInfo | None) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def model_digest(name: str) -> str:
+    """The digest listed for a model whose backend gives none: sha256 of ``gatewayd/<name>``, in hex.
+    Ollama's CLI (``ollama ls``, ``ollama ps``) cuts every model's digest to 12 characters and crashes on
+    a model without one; derived from the name, it stays the same across restarts and instances."""
+    return hashlib.sha256(f"gatewayd/{name}".encode()).hexdigest()
+
+
 def ollama_tag(name: str, info: ModelInfo | None) -> dict[str, Any]:
-    """One model of /api/tags (and the base of an /api/ps entry)."""
+    """One model of /api/tags (and the base of an /api/ps entry): the digest is the backend's (an
+    Ollama's), else ``model_digest``."""
     entry: dict[str, Any] = {"name": name, "model": name}
     if info is not None:
-        for key, value in (("modified_at", info.modified_at), ("size", info.size), ("digest", info.digest)):
+        for key, value in (("modified_at", info.modified_at), ("size", info.size)):
             if value is not None:
                 entry[key] = value
         if info.capabilities is not None:
             entry["capabilities"] = list(info.capabilities)
+    entry["digest"] = info.digest if info is not None and info.digest else model_digest(name)
     entry["details"] = ollama_details(info)
     return entry
 

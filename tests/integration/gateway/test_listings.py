@@ -15,6 +15,7 @@ import pytest
 
 from gatewayd import __version__
 from gatewayd.config import Backend, BackendKind, Config, Route, RouteTarget
+from gatewayd.gateway.core.metadata import model_digest
 from tests.support.fake_backend import FakeBackend, running_fake_backend
 from tests.support.gateway import RunningGateway, running_gateway
 
@@ -79,8 +80,11 @@ def test_ollama_tags(gw: RunningGateway) -> None:
     with ollama.Client(host=gw.url) as client:
         listed = client.list()
     assert [m.model for m in listed.models] == ["chat", "extra", "m1", "m2"]
-    # an OpenAI-kind backend's listing gives no date, size or digest: none is made up
-    assert all(m.modified_at is None and m.size is None and m.digest is None for m in listed.models)
+    # an OpenAI-kind backend's listing gives no date or size: none is made up
+    assert all(m.modified_at is None and m.size is None for m in listed.models)
+    # but every model has a digest (Ollama's own CLI crashes without one): sha256 of "gatewayd/<name>"
+    assert [m.digest for m in listed.models] == [model_digest(m.model or "") for m in listed.models]
+    assert all(len(m.digest or "") == 64 for m in listed.models)
 
 
 def test_ollama_ps_lists_only_models_with_a_live_backend(gw: RunningGateway) -> None:
@@ -88,6 +92,7 @@ def test_ollama_ps_lists_only_models_with_a_live_backend(gw: RunningGateway) -> 
         running = client.ps()
     assert [m.model for m in running.models] == ["chat", "extra", "m1"]
     assert [m.name for m in running.models] == ["chat", "extra", "m1"]
+    assert [m.digest for m in running.models] == [model_digest(m.model or "") for m in running.models]
 
 
 def test_ollama_version(gw: RunningGateway) -> None:

@@ -136,7 +136,8 @@ def test_tags_carry_ollamas_size_digest_and_details(oll: ollama.Client) -> None:
     assert chat.details.family == "llama"
     assert listed[LLAMA].size == LLAMA_SIZE  # llama-server's meta.size
     plain = listed[PLAIN]
-    assert (plain.size, plain.digest, plain.modified_at) == (None, None, None)
+    assert (plain.size, plain.modified_at) == (None, None)
+    assert plain.digest == hashlib.sha256(f"gatewayd/{PLAIN}".encode()).hexdigest()
 
 
 def test_ps_carries_the_context_length(oll: ollama.Client) -> None:

@@ -9,6 +9,7 @@ from gatewayd.gateway.core.metadata import (
     from_ollama_tag,
     from_openai_model,
     human_number,
+    model_digest,
     ollama_show,
     ollama_tag,
     openai_fields,
@@ -37,8 +38,17 @@ def test_ollama_tag_keeps_only_what_was_given() -> None:
         {"name": "m", "size": 0, "digest": "", "details": {"family": "", "format": "gguf"}}
     )
     assert info == ModelInfo(format="gguf")
-    assert ollama_tag("m", info) == {"name": "m", "model": "m", "details": {"format": "gguf"}}
-    assert ollama_tag("m", None) == {"name": "m", "model": "m", "details": {}}
+    digest = model_digest("m")
+    details = {"format": "gguf"}
+    assert ollama_tag("m", info) == {"name": "m", "model": "m", "digest": digest, "details": details}
+    assert ollama_tag("m", None) == {"name": "m", "model": "m", "digest": digest, "details": {}}
+
+
+def test_every_listed_model_has_a_digest_an_ollamas_own_or_one_made_from_its_name() -> None:
+    # sha256 of "gatewayd/qwen3:8b", in hex: the same on every instance and after every restart
+    assert model_digest("qwen3:8b") == "ede9c75f59092d71dc0fc0ac2a0ede427ddbe9f67c392e820ca69309a7b188c9"
+    assert ollama_tag("a", ModelInfo(digest="abc123"))["digest"] == "abc123"  # an Ollama's own is kept
+    assert ollama_tag("a", ModelInfo(size=5))["digest"] == model_digest("a")
 
 
 def test_openai_listings_context_fields() -> None:
