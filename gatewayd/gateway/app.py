@@ -115,7 +115,7 @@ def create_app(
     async def status() -> Response:
         return jsonify(
             {
-                "instance": dict(instance_snapshot()),
+                "instance": {**instance_snapshot(), "name": generation.instance_name},
                 "generation": generation.number,
                 "draining": generation.draining,
                 **generation.status(),
