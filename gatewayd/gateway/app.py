@@ -54,6 +54,8 @@ def create_app(
     instance_snapshot: Callable[[], Mapping[str, object]],
     guard: Guard,
     blueprints: Sequence[Blueprint] = (),
+    *,
+    fleet: Callable[[], list[dict[str, Any]]] = list,
 ) -> Quart:
     app = Quart("gatewayd")
     for blueprint in blueprints:  # the areas served beside these routes (jobs)
@@ -121,6 +123,7 @@ def create_app(
                 **generation.status(),
                 "backends": generation.backend_rows(),
                 "models": generation.model_rows(),
+                "fleet": fleet(),
             }
         )
 
