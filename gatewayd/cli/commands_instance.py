@@ -279,13 +279,17 @@ def instance_report(
         "in_flight": None,
         "queued": None,
         "live": live is not None,
+        "name": None,
+        "fleet": [],
     }
-    for key in ("generation", "restarts", "listen", "config_path", "last_reload"):
+    for key in ("generation", "restarts", "listen", "config_path", "last_reload", "name"):
         if key in snapshot:
             report[key] = snapshot[key]
     if live is not None:
         for key in ("backends_up", "backends_total", "in_flight", "queued"):
             report[key] = live.get(key)
+        fleet = live.get("fleet")
+        report["fleet"] = [row for row in fleet if isinstance(row, dict)] if isinstance(fleet, list) else []
     return report
 
 
@@ -294,6 +298,8 @@ def format_status(report: Mapping[str, object]) -> RenderableType:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("pid", str(report["pid"]))
+    if report.get("name"):
+        table.add_row("instance", str(report["name"]))
     table.add_row("listen", f"http://{report['listen']}")
     table.add_row("uptime", format_duration(float(report["uptime_seconds"])))  # type: ignore[arg-type]
     table.add_row("generation", f"{report['generation']} ({report['restarts']} respawn(s))")
@@ -301,6 +307,9 @@ def format_status(report: Mapping[str, object]) -> RenderableType:
     if report["live"]:
         table.add_row("backends", f"{report['backends_up']} up of {report['backends_total']}")
         table.add_row("in flight", f"{report['in_flight']} (queued {report['queued'] or 0})")
+        fleet = report.get("fleet")
+        if isinstance(fleet, list) and fleet:
+            table.add_row("fleet", format_fleet(fleet))
     else:
         table.add_row(
             "live figures", Text("unavailable (the instance did not answer GET /status)", style="yellow")
@@ -316,6 +325,20 @@ def format_status(report: Mapping[str, object]) -> RenderableType:
         table.add_row("last reload", "none")
     table.add_row("version", str(report["version"]))
     return table
+
+
+def format_fleet(rows: list[dict[str, object]]) -> Text:
+    """One line per instance seen lately: its name, version, load and how long ago it was heard from."""
+    text = Text(f"{len(rows)} instance(s) seen")
+    for row in rows:
+        load = row.get("load")
+        load = load if isinstance(load, dict) else {}
+        mark = " (this one)" if row.get("self") else f", {row.get('age_seconds', '?')} s ago"
+        text.append(
+            f"\n{row.get('name')}: {load.get('in_flight', 0)} in flight, {load.get('queued', 0)} queued, "
+            f"version {row.get('version')}{mark}"
+        )
+    return text
 
 
 def format_duration(seconds: float) -> str:

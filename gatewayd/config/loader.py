@@ -65,6 +65,8 @@ MIN_SECRET_CHARS = 16
 EMPTY_FILE_MESSAGE = "the file holds no settings (it is empty or only comments)"
 
 _BACKEND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: an instance name travels in a response header: printable ASCII, no spaces at its ends
+_INSTANCE_NAME = re.compile(r"[!-~](?:[ -~]{0,198}[!-~])?")
 _SECRET_FIELDS = frozenset({"api_key", "key", "admin_token"})
 #: dataclass fields that are not settings and so cannot be written in the file
 _NOT_IN_FILE: Mapping[type, frozenset[str]] = {Config: frozenset({"source"})}
@@ -631,6 +633,16 @@ def _semantic_issues(config: Config, at: _Locations) -> list[ConfigIssue]:
         hint = _did_you_mean(level.lower(), list(LOG_LEVELS)) or f"valid levels: {', '.join(LOG_LEVELS)}"
         issues.append(at.issue("logging.level", f"'{level}' is not one of: {', '.join(LOG_LEVELS)}", hint))
 
+    instance = config.server.instance_name
+    if instance is not None and not _INSTANCE_NAME.fullmatch(instance):
+        issues.append(
+            at.issue(
+                "server.instance_name",
+                f"{instance!r} is not a usable instance name",
+                "use 1 to 200 printable ASCII characters (letters, digits, '.', ':', '-', '_'...), "
+                "or null for host:port",
+            )
+        )
     issues += [at.issue(key, message, hint) for key, message, hint in access_problems(config)]
     issues += _backend_issues(config.backends, at)
     issues += _managed_issues(config, at)

@@ -64,6 +64,9 @@ class ServerSettings:
     max_connections: int | None = None
     #: request JSON nested deeper than this (arrays and objects) is refused with 400
     max_json_depth: int = 128
+    #: this instance's name in the fleet (the X-Gatewayd-Instance header, /status); None: the machine's
+    #: host name and the port, "host:port"
+    instance_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +395,17 @@ class JobSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """Several instances on one store (see the README's Fleet section): each writes a heartbeat row, and
+    /status lists the instances seen lately."""
+
+    #: how often this instance writes its heartbeat (name, version, load) to the store
+    heartbeat_interval_seconds: float = 5.0
+    #: /status lists the instances whose last heartbeat is at most this old
+    seen_window_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole config. ``source`` is the file it came from (None for the built-in default)."""
 
@@ -409,6 +423,7 @@ class Config:
     usage: UsageSettings = UsageSettings()
     responses: ResponsesSettings = ResponsesSettings()
     jobs: JobSettings = JobSettings()
+    fleet: FleetSettings = FleetSettings()
     keys: tuple[ApiKey, ...] = ()
     backends: tuple[Backend, ...] = ()
     groups: tuple[Group, ...] = ()

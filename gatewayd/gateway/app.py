@@ -54,6 +54,8 @@ def create_app(
     instance_snapshot: Callable[[], Mapping[str, object]],
     guard: Guard,
     blueprints: Sequence[Blueprint] = (),
+    *,
+    fleet: Callable[[], list[dict[str, Any]]] = list,
 ) -> Quart:
     app = Quart("gatewayd")
     for blueprint in blueprints:  # the areas served beside these routes (jobs)
@@ -115,12 +117,13 @@ def create_app(
     async def status() -> Response:
         return jsonify(
             {
-                "instance": dict(instance_snapshot()),
+                "instance": {**instance_snapshot(), "name": generation.instance_name},
                 "generation": generation.number,
                 "draining": generation.draining,
                 **generation.status(),
                 "backends": generation.backend_rows(),
                 "models": generation.model_rows(),
+                "fleet": fleet(),
             }
         )
 

@@ -20,6 +20,7 @@ from gatewayd.gateway.backends.groups import conflict
 from gatewayd.gateway.backends.manager import ManagedBackend, UnitState
 from gatewayd.gateway.backends.pool import BackendPool, BackendRuntime
 from gatewayd.gateway.core.health import BackendState
+from gatewayd.gateway.fleet.identity import instance_header, instance_name, with_instance_header
 from gatewayd.gateway.inference import INFERENCE_ROUTES, InferenceEndpoint
 from gatewayd.gateway.metrics import LabelValues, Metrics
 from gatewayd.gateway.relay import StreamRegistry
@@ -58,10 +59,14 @@ class GatewayGeneration:
         self._inference = inference
         #: Host and browser-origin checks and CORS, for every request (see gatewayd.gateway.core.access)
         self.access = AccessEdge(config.server, access_log_enabled=config.logging.access_log)
+        #: this instance's name, on every response (X-Gatewayd-Instance): built once, not per request
+        self.instance_name = instance_name(config.server)
+        self._instance_header = instance_header(self.instance_name)
         self._in_flight = 0
         self.app: Quart | None = None  # set by the factory once built
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        send = with_instance_header(send, self._instance_header)
         screened = await self.access.screen(scope, send)
         if screened is None:
             return  # refused, or a CORS preflight: answered

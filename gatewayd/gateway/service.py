@@ -21,6 +21,7 @@ from gatewayd.gateway.backends.pool import BackendPool
 from gatewayd.gateway.backends.transport import Transport
 from gatewayd.gateway.conversations import Conversations
 from gatewayd.gateway.core.affinity import AffinityTable
+from gatewayd.gateway.fleet.heartbeat import Heartbeat
 from gatewayd.gateway.generation import GatewayGeneration
 from gatewayd.gateway.guard import DB_FILE, Guard
 from gatewayd.gateway.inference import InferenceEndpoint
@@ -60,6 +61,8 @@ class GatewayFactory:
         self.conversations = Conversations(state_dir / DB_FILE)
         #: durable jobs: process-wide, so a job outlives the generation current when it started (worker.py)
         self.jobs = JobRunner(self.guard, self.metrics)
+        #: this instance's heartbeat row in the store and the fleet seen there (gatewayd.gateway.fleet)
+        self.heartbeat = Heartbeat(state_dir / DB_FILE)
         self._affinity: AffinityTable | None = None
         self._affinity_limits: tuple[int, float] | None = None
 
@@ -71,6 +74,7 @@ class GatewayFactory:
             await tg.start(self.manager.run)
             await tg.start(self.guard.run)
             await tg.start(self.jobs.run)
+            await tg.start(self.heartbeat.run)
             try:
                 yield
             finally:
@@ -117,6 +121,7 @@ class GatewayFactory:
             log.warning("keys: %s", warning)
         config = await self.manager.reconcile(config)
         self.jobs.configure(config)
+        self.heartbeat.configure(config)
         async with Transport() as transport, anyio.create_task_group() as tg:
             pool = BackendPool(config, transport, self.manager)
             streams = StreamRegistry()
@@ -159,7 +164,9 @@ class GatewayFactory:
             served = lambda: {row["name"] for row in generation.model_rows()}  # noqa: E731
             jobs = jobs_blueprint(self.jobs, self.guard, served, max_json_depth=config.server.max_json_depth)
             batches = batches_blueprint(self.jobs, self.guard, max_json_depth=config.server.max_json_depth)
-            app = create_app(generation, instance.snapshot, self.guard, (jobs, batches))
+            app = create_app(
+                generation, instance.snapshot, self.guard, (jobs, batches), fleet=self.heartbeat.roster
+            )
             generation.app = app
             sources = (
                 (metrics.in_flight, generation.gauge_in_flight),
@@ -171,6 +178,7 @@ class GatewayFactory:
             for gauge, source in sources:
                 gauge.sources.append(source)
             job_target = self.jobs.attach(number, job_inference, config, lambda: generation.draining)
+            self.heartbeat.add_load(generation.status)
             try:
                 await pool.run(tg)
                 _log_inventory(generation)
@@ -180,6 +188,7 @@ class GatewayFactory:
                     await self.jobs.detach(job_target)
                 for gauge, source in sources:
                     gauge.sources.remove(source)
+                self.heartbeat.remove_load(generation.status)
                 tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await app.shutdown()

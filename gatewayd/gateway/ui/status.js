@@ -153,6 +153,7 @@
     const generation = el("span", {}, String(dash(status.generation)));
     if (status.draining) generation.append(" ", badge("draining"));
     definitions($("instance"), [
+      ["name", "Name", String(dash(instance.name))],
       ["pid", "PID", String(dash(instance.pid))],
       ["uptime", "Uptime", duration(instance.uptime_seconds)],
       ["generation", "Generation", generation],
@@ -249,6 +250,25 @@
     }
     const title = `${speed.completion_tokens} tokens in ${speed.generation_seconds.toFixed(2)} s`;
     return el("td", { class: "num tokens-per-second", title }, speed.tokens_per_second.toFixed(1));
+  }
+
+  function renderFleet() {
+    const status = view.status;
+    if (!status || !changed("fleet", status.fleet)) return;
+    const rows = (status.fleet || []).map((row) => {
+      const load = row.load || {};
+      return el(
+        "tr",
+        { "data-instance": row.name },
+        el("td", {}, row.self ? el("span", {}, row.name, " ", badge("this one")) : row.name),
+        el("td", {}, String(dash(row.version))),
+        el("td", { class: "num" }, String(dash(load.in_flight))),
+        el("td", { class: "num" }, String(dash(load.queued))),
+        el("td", { class: "num" }, String(dash(load.streams))),
+        el("td", { class: "num" }, row.self ? "now" : `${row.age_seconds} s ago`),
+      );
+    });
+    fill($("fleet").tBodies[0], rows, 6, "no instances seen");
   }
 
   function renderModels() {
@@ -373,6 +393,7 @@
     renderConnection();
     renderInstance();
     renderBackends();
+    renderFleet();
     renderModels();
     renderRecent();
     renderCharts();

@@ -397,6 +397,20 @@ SEMANTIC_ERRORS = {
         "'INFO' is not one of",
         "did you mean 'info'?",
     ),
+    "instance name with a control character": (
+        'server:\n  instance_name: "gw\\n1"\n',
+        2,
+        "server.instance_name",
+        "is not a usable instance name",
+        "printable ASCII",
+    ),
+    "empty instance name": (
+        'server:\n  instance_name: ""\n',
+        2,
+        "server.instance_name",
+        "is not a usable instance name",
+        "null for host:port",
+    ),
     "public listen address": (
         "server:\n  host: 0.0.0.0\n",
         2,
@@ -421,6 +435,13 @@ def test_a_semantic_error_names_its_line_key_and_fix(
     else:
         assert issue.hint is not None
         assert hint in issue.hint
+
+
+def test_an_instance_name_and_the_fleet_settings_are_read(tmp_path: Path) -> None:
+    text = "server:\n  instance_name: gw-a:8484\nfleet:\n  heartbeat_interval_seconds: 2\n"
+    config = load_text(tmp_path, text).config
+    assert config.server.instance_name == "gw-a:8484"
+    assert config.fleet.heartbeat_interval_seconds == 2.0
 
 
 def test_port_zero_means_any_free_port(tmp_path: Path) -> None:
