@@ -278,9 +278,10 @@ def instance_report(
         "backends_total": None,
         "in_flight": None,
         "queued": None,
+        "standby": None,
         "live": live is not None,
     }
-    for key in ("generation", "restarts", "listen", "config_path", "last_reload"):
+    for key in ("generation", "restarts", "listen", "config_path", "last_reload", "standby"):
         if key in snapshot:
             report[key] = snapshot[key]
     if live is not None:
@@ -301,6 +302,7 @@ def format_status(report: Mapping[str, object]) -> RenderableType:
     if report["live"]:
         table.add_row("backends", f"{report['backends_up']} up of {report['backends_total']}")
         table.add_row("in flight", f"{report['in_flight']} (queued {report['queued'] or 0})")
+        table.add_row("warm standby", format_standby(report["standby"]))
     else:
         table.add_row(
             "live figures", Text("unavailable (the instance did not answer GET /status)", style="yellow")
@@ -316,6 +318,15 @@ def format_status(report: Mapping[str, object]) -> RenderableType:
         table.add_row("last reload", "none")
     table.add_row("version", str(report["version"]))
     return table
+
+
+def format_standby(standby: object) -> str:
+    """The warm standby's pid, state and resident memory, or "none" (restart.warm_standby off)."""
+    if not isinstance(standby, dict):
+        return "none"
+    rss = standby.get("rss_bytes")
+    memory = f", {rss / 2**20:.1f} MiB resident" if isinstance(rss, int) else ""
+    return f"pid {standby.get('pid')}, {standby.get('state')}{memory}"
 
 
 def format_duration(seconds: float) -> str:

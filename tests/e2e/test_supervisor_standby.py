@@ -4,6 +4,7 @@ in-process restart, and a stop leaves none behind."""
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from gatewayd.supervisor.sentinel import ReloadOutcome, last_outcome
 from tests.support.fake_backend import running_fake_backend
 from tests.support.load import HttpLoad
-from tests.support.process import GatewaydProcess, process_alive, wait_for
+from tests.support.process import GatewaydProcess, gatewayd_cli, process_alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -177,4 +178,13 @@ def test_the_real_gateway_respawns_through_its_standby_with_no_failed_request(tm
                 timeout=30,
             )
             assert chat.status_code == 200, chat.text
+            # `gatewayd status` shows the new process's standby and what it costs
+            standby = waiting_standby(gw, other_than=outcome.new_pid)
+            report = json.loads(gatewayd_cli("status", "--json", state_dir=gw.state_dir).stdout)
+            assert report["standby"]["pid"] == standby["pid"]
+            assert report["standby"]["rss_bytes"] > 1_000_000
+            table = gatewayd_cli("status", state_dir=gw.state_dir)
+            assert table.returncode == 0, table
+            assert f"pid {standby['pid']}, waiting, " in table.stdout
+            assert "MiB resident" in table.stdout
             gw.stop()
