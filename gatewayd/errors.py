@@ -8,6 +8,7 @@
     │   └── StartupError               a generation could not start (at start: the process exits; at a
     │                                  reload: the old one keeps serving); says what failed and the fix
     ├── ReloadError                    a reload or respawn failed (the old generation keeps serving)
+    │   └── StandbyUnavailable         the warm standby cannot take a respawn: a child is started cold
     ├── StoreError                     the key/usage store cannot be used (cannot open, locked, corrupt)
     │   └── KeyNotFound                no key matches the id, prefix or name given
     └── RequestError                   a request failed; carries the HTTP status and the error's type/code
@@ -120,6 +121,11 @@ class StartupError(InstanceError):
 
 class ReloadError(GatewaydError):
     """A reload or respawn failed; the generation that was serving keeps serving."""
+
+
+class StandbyUnavailable(ReloadError):
+    """The warm standby cannot take a respawn (it exited, or did not say it waits in time): the respawn
+    starts a child cold instead."""
 
 
 class StoreError(GatewaydError):

@@ -278,11 +278,12 @@ def instance_report(
         "backends_total": None,
         "in_flight": None,
         "queued": None,
+        "standby": None,
         "live": live is not None,
         "name": None,
         "fleet": [],
     }
-    for key in ("generation", "restarts", "listen", "config_path", "last_reload", "name"):
+    for key in ("generation", "restarts", "listen", "config_path", "last_reload", "name", "standby"):
         if key in snapshot:
             report[key] = snapshot[key]
     if live is not None:
@@ -310,6 +311,7 @@ def format_status(report: Mapping[str, object]) -> RenderableType:
         fleet = report.get("fleet")
         if isinstance(fleet, list) and fleet:
             table.add_row("fleet", format_fleet(fleet))
+        table.add_row("warm standby", format_standby(report["standby"]))
     else:
         table.add_row(
             "live figures", Text("unavailable (the instance did not answer GET /status)", style="yellow")
@@ -339,6 +341,15 @@ def format_fleet(rows: list[dict[str, object]]) -> Text:
             f"version {row.get('version')}{mark}"
         )
     return text
+
+
+def format_standby(standby: object) -> str:
+    """The warm standby's pid, state and resident memory, or "none" (restart.warm_standby off)."""
+    if not isinstance(standby, dict):
+        return "none"
+    rss = standby.get("rss_bytes")
+    memory = f", {rss / 2**20:.1f} MiB resident" if isinstance(rss, int) else ""
+    return f"pid {standby.get('pid')}, {standby.get('state')}{memory}"
 
 
 def format_duration(seconds: float) -> str:

@@ -46,8 +46,13 @@ def run(config_path: str | None, host: str | None, port: int | None, state_dir: 
     # Imported here, not at the top: ``run --help`` and a config error need neither.
     from gatewayd.gateway.service import GatewayFactory
     from gatewayd.supervisor import runloop
+    from gatewayd.supervisor.standby import wait_as_standby
 
     environ = os.environ
+    # a warm standby (restart.warm_standby) waits here, imported, until a respawn hands over to it; the
+    # config is read after that, so it is the one the respawn asked for
+    if not wait_as_standby(environ):
+        return
     path = resolve_config_path(config_path, environ)
     state = resolve_state_dir(state_dir, environ)
     # a ConfigError is reported before any logging is set up

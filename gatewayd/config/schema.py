@@ -98,6 +98,9 @@ class RestartSettings:
     #: first byte + total: 2,165 s with the defaults) a reload never cuts a request. A stop (SIGTERM)
     #: arriving meanwhile shortens it to ``shutdown.drain_timeout_seconds``.
     drain_timeout_seconds: float = 2400.0
+    #: keep a warm standby: a process started ahead, imported, waiting to take the next respawn (it costs
+    #: the memory of one idle process, shown in /status); off under launchd, which never respawns
+    warm_standby: bool = False
 
 
 @dataclass(frozen=True, slots=True)

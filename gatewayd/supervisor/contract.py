@@ -24,7 +24,7 @@ class InstanceInfo(Protocol):
 
     def snapshot(self) -> Mapping[str, object]:
         """pid, started_at, uptime_seconds, generation, restarts, last_reload, listen, config_path,
-        version."""
+        version, standby (the warm standby's pid, state and rss_bytes, or None)."""
         ...
 
 

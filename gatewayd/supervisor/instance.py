@@ -17,6 +17,7 @@ from gatewayd import __version__
 from gatewayd.supervisor.listeners import Listener
 from gatewayd.supervisor.portlock import LockRecord, PortLock
 from gatewayd.supervisor.sentinel import ReloadOutcome, last_outcome
+from gatewayd.supervisor.standby import Standby
 
 
 class InstanceState:
@@ -43,6 +44,8 @@ class InstanceState:
         self.pid = os.getpid()
         #: the latest reload outcome of this instance, kept in memory so /status reads no file
         self.last_reload: ReloadOutcome | None = None
+        #: the warm standby waiting for the next respawn (restart.warm_standby), kept by the run loop
+        self.standby: Standby | None = None
 
     @property
     def port(self) -> int:
@@ -50,9 +53,11 @@ class InstanceState:
         return self.lock.port
 
     def snapshot(self) -> Mapping[str, object]:
-        """pid, started_at, uptime_seconds, generation, restarts, last_reload, listen, config_path, version.
+        """pid, started_at, uptime_seconds, generation, restarts, last_reload, listen, config_path, version,
+        standby.
 
-        ``last_reload`` is the latest reload outcome of this instance (None if it never reloaded)."""
+        ``last_reload`` is the latest reload outcome of this instance (None if it never reloaded);
+        ``standby`` the warm standby's pid, state and resident memory (None without one)."""
         outcome = self.last_reload
         last_reload = outcome.to_json() if outcome is not None else None
         return {
@@ -65,6 +70,7 @@ class InstanceState:
             "listen": self.listener.address,
             "config_path": self.config_path,
             "version": __version__,
+            "standby": self.standby.snapshot() if self.standby is not None else None,
         }
 
     def refresh_last_reload(self) -> None:

@@ -290,6 +290,7 @@ class Reloader:
         """Start a child that takes over; return the "ok" outcome once it is ready. Raises ReloadError."""
         loop = self.loop
         instance = loop.instance
+        standby = loop.take_standby()
         child = await spawn_ready_child(
             loop.options.respawn_command,
             listen_fd=instance.listener.sock.fileno(),
@@ -301,13 +302,20 @@ class Reloader:
             started_at=instance.started_at,
             service_manager=loop.service_manager.value,
             timeout_seconds=config.restart.respawn_ready_timeout_seconds,
+            standby=standby,
         )
         loop.child = child
+        if standby is None:
+            how = "respawned"
+        elif child.pid == standby.pid:
+            how = "respawned via the warm standby"
+        else:
+            how = f"respawned cold (warm standby pid {standby.pid} unavailable)"
         if loop.service_manager is ServiceManager.SYSTEMD:
             loop.notifier.hand_over(child.pid)
         return attempt.outcome(
             "ok",
-            "; ".join([*notes, f"respawned: pid {child.pid} serves generation {instance.generation + 1}"]),
+            "; ".join([*notes, f"{how}: pid {child.pid} serves generation {instance.generation + 1}"]),
             mode="respawn",
             new_pid=child.pid,
             generation=instance.generation + 1,

@@ -25,10 +25,14 @@ import subprocess
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
-from gatewayd.errors import ReloadError, StartupError
+from gatewayd.errors import ReloadError, StandbyUnavailable, StartupError
+
+if TYPE_CHECKING:
+    from gatewayd.supervisor.standby import Standby
 
 log = logging.getLogger("gatewayd.supervisor")
 
@@ -116,8 +120,12 @@ async def spawn_ready_child(
     started_at: float,
     service_manager: str,
     timeout_seconds: float,
+    standby: Standby | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``command`` as a child that inherits the listener and the lock; return it once it is ready.
+
+    With a ``standby`` (standby.py), the handoff goes to that process, already imported, instead of a new
+    one; a standby that cannot take it is stopped and the child is started cold, within the same bound.
 
     ``lock_fd`` is a duplicate of the port-lock fd owned by this call: it is closed in this process once the
     child holds its copy. Raises ReloadError("restart-unhealthy: ...") if the child cannot be started, exits,
@@ -135,24 +143,27 @@ async def spawn_ready_child(
         started_at=started_at,
         service_manager=service_manager,
     )
+    started = time.monotonic()
     try:
-        child = subprocess.Popen(  # noqa: ASYNC220 - fork+exec; returns at once
-            list(command),
-            pass_fds=(listen_fd, lock_fd, write_end),
-            env=child_environment(environ, inheritance),
-        )
+        child = await _warm_child(standby, inheritance, (listen_fd, lock_fd, write_end), timeout_seconds)
+        if child is None:
+            child = subprocess.Popen(  # noqa: ASYNC220 - fork+exec; returns at once
+                list(command),
+                pass_fds=(listen_fd, lock_fd, write_end),
+                env=child_environment(environ, inheritance),
+            )
+            log.info("respawn: started child pid %d", child.pid)
     except OSError as error:
         os.close(read_end)
         raise ReloadError(f"restart-unhealthy: cannot start {command[0]}: {error}") from error
     finally:
         os.close(write_end)
         os.close(lock_fd)
-    log.info(
-        "respawn: started child pid %d; waiting up to %gs for it to be ready", child.pid, timeout_seconds
-    )
+    remaining = max(timeout_seconds - (time.monotonic() - started), 0.0)
+    log.info("respawn: waiting up to %.3gs for pid %d to be ready", remaining, child.pid)
     ready = False
     try:
-        with anyio.move_on_after(timeout_seconds):
+        with anyio.move_on_after(remaining):
             line = await _read_line(read_end)
             if line == f"ready {child.pid}":
                 ready = True
@@ -177,6 +188,21 @@ async def spawn_ready_child(
         if not ready:
             with anyio.CancelScope(shield=True):
                 await stop_child(child)
+
+
+async def _warm_child(
+    standby: Standby | None, inheritance: Inheritance, fds: tuple[int, int, int], timeout_seconds: float
+) -> subprocess.Popen[bytes] | None:
+    """The standby, handed over to, or None if there is none or it cannot take the handoff (logged)."""
+    if standby is None:
+        return None
+    try:
+        child = await standby.hand_over(inheritance, fds, timeout_seconds=timeout_seconds)
+    except StandbyUnavailable as error:
+        log.warning("respawn: %s; starting a child cold", error)
+        return None
+    log.info("respawn: handed over to the warm standby pid %d", child.pid)
+    return child
 
 
 async def _read_line(fd: int) -> str:

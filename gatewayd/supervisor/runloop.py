@@ -7,6 +7,7 @@
         _dispatch_commands -> handle_<name>  one loop; handlers only change state or start tasks
         _lifecycle                           first generation, then one reload per "reload wanted" event
         GenerationRunner.run (one per gen)   serve until retired, then drain and close (generations.py)
+        _keep_standby                        after the start and each reload: a warm standby if configured
         _stop                                drain and exit (or hand off to a respawned child)
         _notifications                       sd_notify WATCHDOG=1 and STATUS= from inside the loop
 
@@ -61,6 +62,7 @@ from gatewayd.supervisor.reload import Recovery, Reloader
 from gatewayd.supervisor.respawn import Inheritance, announce_ready, take_inheritance
 from gatewayd.supervisor.server import HttpServer
 from gatewayd.supervisor.service import ServiceManager
+from gatewayd.supervisor.standby import Standby, StandbyState
 
 log = logging.getLogger("gatewayd.supervisor")
 
@@ -352,6 +354,7 @@ class RunLoop:
             with self._lifecycle_scope:
                 if not await self._start_first_generation():
                     return
+                await self._keep_standby()
                 reloader = Reloader(self)
                 while True:
                     assert self._reload_wanted is not None
@@ -359,6 +362,8 @@ class RunLoop:
                     self._reload_wanted = anyio.Event()
                     recovery, self._recovery = self._recovery, None
                     await reloader.reload(recovery)
+                    if not self._stopping:
+                        await self._keep_standby()
         finally:
             self._lifecycle_done.set()
 
@@ -388,6 +393,33 @@ class RunLoop:
                 self.begin_stop(handoff=False)
                 return False
         return True
+
+    # -- warm standby (standby.py) ---------------------------------------------------------------------
+
+    def _standby_wanted(self) -> bool:
+        return self.config.restart.warm_standby and self.service_manager is not ServiceManager.LAUNCHD
+
+    async def _keep_standby(self) -> None:
+        """Once the serving generation serves: start a standby if the config wants one and there is none
+        alive (the first, or one that exited since); dismiss it if the config no longer wants one."""
+        standby = self.instance.standby
+        if standby is not None and (not self._standby_wanted() or standby.state() is StandbyState.EXITED):
+            self.instance.standby = None
+            code = standby.process.poll()
+            if code is not None:
+                log.warning("warm standby pid %d had exited (status %d); replacing it", standby.pid, code)
+            await standby.dismiss()
+            standby = None
+        if standby is None and self._standby_wanted():
+            try:
+                self.instance.standby = Standby.start(self.options.respawn_command, self.options.environ)
+            except ReloadError as error:
+                log.warning("%s; respawns start their child cold", error)
+
+    def take_standby(self) -> Standby | None:
+        """The standby, for a respawn to hand over to (it is no longer this process's standby)."""
+        standby, self.instance.standby = self.instance.standby, None
+        return standby
 
     async def start_generation(self, config: Config, number: int) -> GenerationRunner:
         """Start a generation (not yet published). Raises whatever the factory raised while starting it."""
@@ -461,6 +493,8 @@ class RunLoop:
             self.notifier.stopping()
         self._lifecycle_scope.cancel()
         await self._lifecycle_done.wait()
+        if (standby := self.take_standby()) is not None:
+            await standby.dismiss()
         shutdown = self.config.shutdown
         if handoff:
             self.dispatcher.connection_close = True

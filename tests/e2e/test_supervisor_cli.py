@@ -35,6 +35,7 @@ def test_the_real_gatewayd_run_reports_status_reloads_and_stops(tmp_path: Path) 
         assert report["config_path"] == str(config)
         assert report["last_reload"] is None
         assert report["backends_total"] == 0
+        assert report["standby"] is None  # restart.warm_standby is off by default
 
         restart = gatewayd_cli("restart", state_dir=gw.state_dir)
         assert restart.returncode == 0, restart

@@ -30,6 +30,8 @@ GATEWAYD_INHERIT at startup):
 
     GATEWAYD_TEST_CHILD=hang         a respawned child never becomes ready
     GATEWAYD_TEST_CHILD=exit         a respawned child exits with code 3 at once
+
+A warm standby (``restart.warm_standby``) waits before any of this, so the knobs apply to it once handed over.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from gatewayd.supervisor.contract import InstanceInfo, Receive, Scope, Send
 from gatewayd.supervisor.diagnostics import EventRing
 from gatewayd.supervisor.runloop import RunOptions, run
 from gatewayd.supervisor.service import detect_service_manager
+from gatewayd.supervisor.standby import wait_as_standby
 
 CHILD_KNOB_ENV = "GATEWAYD_TEST_CHILD"
 
@@ -223,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     events = EventRing()
     logging.getLogger().addHandler(events)
+    if not wait_as_standby(os.environ):
+        return 0
     child_knob = os.environ.get(CHILD_KNOB_ENV) if "GATEWAYD_INHERIT" in os.environ else None
     if child_knob == "exit":
         return 3

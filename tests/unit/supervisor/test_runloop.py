@@ -230,7 +230,9 @@ def test_the_instance_snapshot_reports_what_the_contract_names(instance: Instanc
         "listen",
         "config_path",
         "version",
+        "standby",
     }
+    assert snapshot["standby"] is None  # restart.warm_standby is off by default
     assert snapshot["generation"] == 4
     assert snapshot["restarts"] == 1
     assert snapshot["last_reload"] is None
