@@ -43,24 +43,23 @@ class EventRing(logging.Handler):
     """A logging handler that keeps the last ``capacity`` records as structured events:
     ``{"time": ISO 8601 UTC, "level", "logger", "message"}`` plus ``"exception"`` when the record has one.
 
+    Every access log line passes through here, so ``emit`` keeps only a tuple (the message rendered, as
+    the record's arguments may change later; an exception's traceback formatted, as it holds frames) and
+    ``events`` builds the dicts and the times: a third of the cost of an access log line otherwise.
     Thread-safe (logging.Handler's lock guards the ring). Never raises from ``emit``."""
 
     def __init__(self, capacity: int = EVENT_RING_CAPACITY, level: int = logging.NOTSET) -> None:
         super().__init__(level)
-        self._events: deque[Event] = deque(maxlen=capacity)
+        #: (created, level name, logger name, message, formatted exception or None)
+        self._events: deque[tuple[float, str, str, str, str | None]] = deque(maxlen=capacity)
         self._exceptions = logging.Formatter()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            event: Event = {
-                "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-                "level": record.levelname,
-                "logger": record.name,
-                "message": record.getMessage(),
-            }
-            if record.exc_info:
-                event["exception"] = self._exceptions.formatException(record.exc_info)
-            self._events.append(event)
+            exception = self._exceptions.formatException(record.exc_info) if record.exc_info else None
+            self._events.append(
+                (record.created, record.levelname, record.name, record.getMessage(), exception)
+            )
         except Exception:
             self.handleError(record)
 
@@ -68,9 +67,21 @@ class EventRing(logging.Handler):
         """A copy of the kept events, oldest first."""
         self.acquire()
         try:
-            return list(self._events)
+            kept = list(self._events)
         finally:
             self.release()
+        events: list[Event] = []
+        for created, level, logger, message, exception in kept:
+            event: Event = {
+                "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+                "level": level,
+                "logger": logger,
+                "message": message,
+            }
+            if exception is not None:
+                event["exception"] = exception
+            events.append(event)
+        return events
 
 
 def write_bundle(

@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 import anyio
+from aiohttp import hdrs
+from multidict import CIMultiDict
 
 from gatewayd.config import Timeouts
 from gatewayd.errors import BackendRefused, BackendTimeout, BackendUnavailable, BadGateway, Draining
@@ -30,6 +32,10 @@ log = logging.getLogger("gatewayd.transport")
 
 #: a pooled connection unused for this long is closed (backends often close theirs at 5 to 60 s)
 POOL_IDLE_SECONDS = 4.0
+
+#: the default headers aiohttp would add that an upstream request goes without: a User-Agent says nothing
+#: the backend needs, and an Accept-Encoding would invite a compressed body the relay passes on as is
+_SKIPPED_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict({hdrs.USER_AGENT: None, hdrs.ACCEPT_ENCODING: None})
 
 _STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 #: what the kernel says when nothing listens at the address (or the listener went away mid-handshake)
@@ -155,6 +161,17 @@ class _ReuseAwareConnector(aiohttp.TCPConnector):
         return connection
 
 
+class _UpstreamRequest(aiohttp.ClientRequest):
+    """aiohttp's request with its automatic headers decided once: ``Accept: */*`` unless given, and neither
+    ``User-Agent`` nor ``Accept-Encoding``. (The session's ``skip_auto_headers`` does the same by building a
+    sorted multidict and a copy of every header on each request: 3% of the gateway's CPU at 16 clients.)"""
+
+    def update_auto_headers(self, skip_auto_headers: Any) -> None:
+        self._skip_auto_headers = _SKIPPED_AUTO_HEADERS  # read only, by aiohttp's body headers
+        if hdrs.ACCEPT not in self.headers:
+            self.headers[hdrs.ACCEPT] = "*/*"
+
+
 class Transport:
     """Owns one aiohttp session for one generation. Enter it before use; exiting closes every connection."""
 
@@ -175,7 +192,7 @@ class Transport:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            request_class=_UpstreamRequest,
             raise_for_status=False,
         )
         return self

@@ -169,3 +169,52 @@ async def test_a_refused_connection_is_a_backend_refused_error() -> None:
             await transport.open(
                 "POST", f"http://127.0.0.1:{port}/v1/x", backend="b", timeouts=Timeouts(), body=b"{}"
             )
+
+
+class RecordingServer(DroppingServer):
+    """Answers every request and keeps each request head's header names and values (lower-cased names)."""
+
+    def __init__(self) -> None:
+        super().__init__(answered_per_connection=1_000_000)
+        self.heads: list[dict[str, str]] = []
+
+    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+        buffer = b""
+        async with stream:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    try:
+                        buffer += await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        return
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                fields = dict(
+                    (name.strip().lower().decode(), value.strip().decode())
+                    for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+                )
+                length = int(fields.get("content-length", "0"))
+                while len(buffer) < length:
+                    buffer += await stream.receive()
+                buffer = buffer[length:]
+                self.heads.append(fields)
+                await stream.send(OK)
+
+
+async def test_an_upstream_request_carries_no_user_agent_and_no_accept_encoding() -> None:
+    """The backend gets the caller's headers, Accept: */* and the body's own headers; aiohttp's User-Agent and
+    Accept-Encoding defaults stay out, on every request of a pooled connection."""
+    server = RecordingServer()
+    async with serving(server) as url, Transport() as transport:
+        for _ in range(2):
+            response = await transport.open(
+                "POST", url, backend="b", timeouts=Timeouts(), headers={"X-Extra": "1"}, body=b"{}"
+            )
+            assert await response.read() == b"ok"
+            response.close()
+    assert len(server.heads) == 2
+    for head in server.heads:
+        assert "user-agent" not in head
+        assert "accept-encoding" not in head
+        assert head["accept"] == "*/*"
+        assert head["x-extra"] == "1"
+        assert head["content-length"] == "2"

@@ -48,18 +48,29 @@ def test_worker_context_still_has_the_terminated_event() -> None:
 
 
 def test_idle_connections_still_close_on_terminated() -> None:
-    idle_source = inspect.getsource(TCPServer._idle_timeout)
-    assert "context.terminated.wait()" in idle_source, (
-        "TCPServer._idle_timeout no longer waits on context.terminated: "
-        "HttpServer.close_idle would no longer close idle keep-alive connections"
+    """server.py's _IdleTimer stands in for TCPServer's idle task: TCPServer must still drive it through
+    idle_task.restart/stop and close an idle connection with _initiate_server_close."""
+    run_source = inspect.getsource(TCPServer.run)
+    send_source = inspect.getsource(TCPServer.protocol_send)
+    for source in (run_source, send_source):
+        assert "self.idle_task.restart(" in source, (
+            "TCPServer no longer arms its idle task with idle_task.restart(): _IdleTimer would never be armed"
+        )
+    assert "self.idle_task.stop()" in send_source, (
+        "TCPServer.protocol_send no longer stops its idle task when a request begins: _IdleTimer would "
+        "close busy connections"
+    )
+    assert "self.idle_task.stop()" in inspect.getsource(TCPServer._close), "TCPServer._close changed"
+    assert inspect.iscoroutinefunction(TCPServer._initiate_server_close), (
+        "TCPServer._initiate_server_close is gone: _IdleTimer closes idle connections with it"
     )
     recycle_source = inspect.getsource(h11_protocol.H11Protocol._maybe_recycle)
     assert "context.terminated.is_set()" in recycle_source, (
         "H11Protocol._maybe_recycle no longer checks context.terminated: busy connections would no longer "
         "close after their response once close_idle() ran"
     )
-    assert "keep_alive_timeout" in idle_source, (
-        "TCPServer._idle_timeout no longer uses config.keep_alive_timeout"
+    assert "_task_group" in inspect.getsource(TCPServer.run), (
+        "TCPServer.run no longer keeps its task group in self._task_group; _IdleTimer closes in it"
     )
 
 
