@@ -1,6 +1,6 @@
 import pytest
 
-pytest_plugins = ["tests.support.fixtures", "tests.support.gateway"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.gateway", "tests.support.postgres"]
 
 
 @pytest.fixture

@@ -50,7 +50,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 from gatewayd.config.access import access_problems, access_warnings
-from gatewayd.config.schema import AuthMode, Backend, Config, RouteTarget
+from gatewayd.config.redaction import redact_url
+from gatewayd.config.schema import AuthMode, Backend, Config, RouteTarget, StoreSettings
 from gatewayd.errors import ConfigError, ConfigIssue
 
 HOST_ENV = "GATEWAYD_HOST"
@@ -67,7 +68,7 @@ EMPTY_FILE_MESSAGE = "the file holds no settings (it is empty or only comments)"
 _BACKEND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: an instance name travels in a response header: printable ASCII, no spaces at its ends
 _INSTANCE_NAME = re.compile(r"[!-~](?:[ -~]{0,198}[!-~])?")
-_SECRET_FIELDS = frozenset({"api_key", "key", "admin_token"})
+_SECRET_FIELDS = frozenset({"api_key", "key", "admin_token", "password"})
 #: dataclass fields that are not settings and so cannot be written in the file
 _NOT_IN_FILE: Mapping[type, frozenset[str]] = {Config: frozenset({"source"})}
 #: number settings where 0 means "off" rather than being out of range
@@ -594,7 +595,8 @@ def _resolve_api_keys(
         for i, k in enumerate(config.keys)
     )
     auth = dataclasses.replace(config.auth, admin_token=resolve(config.auth.admin_token, "auth.admin_token"))
-    return dataclasses.replace(config, backends=backends, keys=keys, auth=auth), issues
+    store = dataclasses.replace(config.store, password=resolve(config.store.password, "store.password"))
+    return dataclasses.replace(config, backends=backends, keys=keys, auth=auth, store=store), issues
 
 
 def _semantic_issues(config: Config, at: _Locations) -> list[ConfigIssue]:
@@ -890,6 +892,8 @@ def _plain_fields(instance: Any) -> dict[str, object]:
         value = getattr(instance, field.name)
         if field.name in _SECRET_FIELDS and value is not None:
             plain[field.name] = REDACTED
+        elif isinstance(instance, StoreSettings) and field.name == "url" and value is not None:
+            plain[field.name] = redact_url(value)
         else:
             plain[field.name] = _plain(value)
     return plain

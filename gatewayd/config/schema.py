@@ -362,6 +362,24 @@ class UsageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Where keys, usage, responses and jobs are kept: the SQLite file in the state directory, or a
+    PostgreSQL database shared by several instances."""
+
+    #: postgresql://user@host:port/db (or postgresql:///db?service=NAME for a libpq service file); None =
+    #: the SQLite file in the state directory. Shown everywhere without its credentials
+    url: str | None = field(default=None, repr=False)
+    #: the database password, literal or "env:NAME" (never logged); or give none and use a service file
+    password: str | None = field(default=None, repr=False)
+    #: with the store unreachable, keys already known keep working this long after it was last read
+    key_cache_seconds: float = 300.0
+    #: a store call waits at most this long for a database connection (then fails, off the request path)
+    connect_timeout_seconds: float = 5.0
+    #: database connections each part of a process (keys, usage, responses, jobs) keeps at most
+    pool_size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
 class ResponsesSettings:
     """Conversations of ``/v1/responses`` kept for ``previous_response_id`` (requests with ``store`` not
     false; SQLite in the state directory)."""
@@ -424,6 +442,7 @@ class Config:
     affinity: AffinitySettings = AffinitySettings()
     auth: AuthSettings = AuthSettings()
     usage: UsageSettings = UsageSettings()
+    store: StoreSettings = StoreSettings()
     responses: ResponsesSettings = ResponsesSettings()
     jobs: JobSettings = JobSettings()
     fleet: FleetSettings = FleetSettings()

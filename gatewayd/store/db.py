@@ -1,33 +1,30 @@
-"""The store itself: one SQLite file in the state directory holding API keys and usage records.
+"""The store itself: API keys, usage records and /v1/responses conversations, on either engine.
 
-WAL mode: readers never wait for the writer, and a process killed in the middle of a write leaves a file
-that the next open recovers on its own (the unfinished transaction is simply not there). ``synchronous``
-is NORMAL: a commit survives a crash of the process, though the last ones may be lost on a power cut.
+``Store`` holds the logic once and runs it on an ``Engine`` (``gatewayd.store.engine``): the SQLite file in
+the state directory, or a PostgreSQL database shared by several instances. The statements are written in the
+SQL both speak; only the schema (``MIGRATIONS``) is written per engine.
 
-Every method is blocking and serialised on one connection by a lock, so a Store may be used from worker
-threads (``anyio.to_thread.run_sync``). Every ``sqlite3`` error is translated into ``StoreError`` here.
-A lock held by another process is waited for at most ``busy_timeout_seconds``; the usage writer keeps a
-short one and retries later, so a locked store never holds up a request.
+Every method is blocking and thread-safe, so a Store may be used from worker threads
+(``anyio.to_thread.run_sync``); every driver error reaches the caller as ``StoreError``. A SQLite lock held
+by another process is waited for at most ``busy_timeout_seconds``; the usage writer keeps a short one and
+retries later, so a locked store never holds up a request.
 """
 
 from __future__ import annotations
 
 import array
 import collections
-import contextlib
 import hmac
 import operator
-import os
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gatewayd.config import ApiKey
 from gatewayd.errors import KeyNotFound, StoreError
+from gatewayd.store.engine import POSTGRESQL, SQLITE, Engine, Migrations, Session
 from gatewayd.store.keys import (
     KEY_COLUMNS,
     KEY_PREFIX,
@@ -42,13 +39,14 @@ from gatewayd.store.keys import (
     hash_key,
     plan_import,
 )
+from gatewayd.store.sqlite import DEFAULT_BUSY_TIMEOUT_SECONDS, STORE_DIR_MODE, STORE_FILE_MODE
+from gatewayd.store.target import StoreTarget, open_engine
 
 if TYPE_CHECKING:
     from gatewayd.store.usage import UsageRecord
 
-STORE_DIR_MODE = 0o700
-STORE_FILE_MODE = 0o600
-DEFAULT_BUSY_TIMEOUT_SECONDS = 0.2
+__all__ = ["DEFAULT_BUSY_TIMEOUT_SECONDS", "STORE_DIR_MODE", "STORE_FILE_MODE", "Store", "UsageRow"]
+
 #: rows deleted per transaction by ``prune_usage``, so a large prune never holds the write lock for long
 PRUNE_CHUNK_ROWS = 10_000
 #: ``usage_summary(by=...)`` accepts these
@@ -56,9 +54,8 @@ SUMMARY_GROUPS = ("key", "model", "backend")
 #: shown for usage without a key (auth off) or without a backend (refused before routing)
 NO_GROUP = "-"
 
-SCHEMA_VERSION = 1
-#: MIGRATIONS[n] takes a file from user_version n to n + 1
-MIGRATIONS = (
+#: the SQLite schema: _SQLITE_SCRIPTS[n] takes a file from user_version n to n + 1
+_SQLITE_SCRIPTS = (
     """
     CREATE TABLE IF NOT EXISTS keys (
         id TEXT PRIMARY KEY,
@@ -102,6 +99,57 @@ MIGRATIONS = (
     CREATE INDEX IF NOT EXISTS responses_by_time ON responses (created_at);
     """,
 )
+#: the same schema in PostgreSQL's types (a version of one is the same version of the other)
+_POSTGRES_SCRIPTS = (
+    """
+    CREATE TABLE IF NOT EXISTS keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        hash BYTEA NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        models TEXT,
+        rpm BIGINT,
+        tpm BIGINT,
+        max_concurrency BIGINT,
+        budget_tokens BIGINT,
+        expires_at DOUBLE PRECISION,
+        revoked_at DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+    INSERT INTO meta (name, value) VALUES ('key_changes', 0) ON CONFLICT (name) DO NOTHING;
+    CREATE TABLE IF NOT EXISTS usage (
+        id BIGSERIAL PRIMARY KEY,
+        time DOUBLE PRECISION NOT NULL,
+        key_id TEXT,
+        model TEXT NOT NULL,
+        backend TEXT,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        latency_seconds DOUBLE PRECISION NOT NULL,
+        ttft_seconds DOUBLE PRECISION,
+        status INTEGER NOT NULL,
+        attempts INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS usage_by_time ON usage (time);
+    CREATE INDEX IF NOT EXISTS usage_by_key ON usage (key_id, time);
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS responses (
+        id TEXT PRIMARY KEY,
+        created_at DOUBLE PRECISION NOT NULL,
+        items TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS responses_by_time ON responses (created_at);
+    """,
+)
+#: the store's schema on each engine
+MIGRATIONS = {
+    SQLITE: Migrations("store", _SQLITE_SCRIPTS),
+    POSTGRESQL: Migrations("store", _POSTGRES_SCRIPTS),
+}
+SCHEMA_VERSION = len(_SQLITE_SCRIPTS)
 
 #: a UsageRecord's fields, which are also the usage table's columns
 USAGE_COLUMNS = (
@@ -123,9 +171,6 @@ _INSERT_USAGE = f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES (?{', ?'
 _usage_values = operator.attrgetter(*USAGE_COLUMNS)
 _SUMMARY_COLUMN = {"key": "key_id", "model": "model", "backend": "backend"}
 
-#: how often opening a new store retries its switch to WAL while another connection holds the file
-WAL_SWITCH_RETRY_SECONDS = 0.01
-
 
 @dataclass(frozen=True)
 class UsageRow:
@@ -146,50 +191,43 @@ class UsageRow:
 
 
 class Store:
-    """One connection to the store file. Open with ``Store.open``; ``close`` when done."""
+    """The store on one engine. Open with ``Store.open`` (a SQLite file) or ``Store.connect`` (any target);
+    ``close`` when done."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
-        self.path = path
-        self._connection: sqlite3.Connection | None = connection
-        self._lock = threading.Lock()
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def display(self) -> str:
+        """Where the store is, without credentials."""
+        return self.engine.display
 
     @classmethod
     def open(cls, path: Path, *, busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS) -> Store:
-        """Open (creating if needed: directory 0700, file 0600) and bring the schema up to date.
+        """The SQLite store at ``path`` (created if needed: directory 0700, file 0600), schema up to date.
 
         Raises StoreError saying why the file cannot be used (permissions, not a database, locked past
         ``busy_timeout_seconds`` while the schema is created, written by a newer gatewayd)."""
+        return cls.connect(StoreTarget.sqlite(path), busy_timeout_seconds=busy_timeout_seconds)
+
+    @classmethod
+    def connect(
+        cls, target: StoreTarget, *, busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS
+    ) -> Store:
+        """The store ``target`` names, its schema brought up to date (safe when several processes start at
+        once). Raises StoreError saying why it cannot be used; a schema newer than this gatewayd's is refused
+        with both versions named."""
+        engine = open_engine(target, busy_timeout_seconds=busy_timeout_seconds)
         try:
-            path.parent.mkdir(mode=STORE_DIR_MODE, parents=True, exist_ok=True)
-            # Create the file with its mode, but never open an existing one outside SQLite: closing any
-            # descriptor of a file drops every POSIX lock this process holds on it, including the locks of
-            # the other connections open in this process (the writer's), which corrupts their locking.
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, STORE_FILE_MODE))
-        except OSError as exc:
-            raise StoreError(f"cannot create the store {path}: {exc.strerror or exc}") from exc
-        try:
-            connection = sqlite3.connect(
-                path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the store {path}: {exc}") from exc
-        store = cls(path, connection)
-        try:
-            with store._locked("open the store") as conn:
-                _prepare(conn, path, busy_timeout_seconds)
+            engine.migrate(MIGRATIONS[engine.kind])
         except BaseException:
-            store.close()
+            engine.close()
             raise
-        return store
+        return cls(engine)
 
     def close(self) -> None:
-        """Close the connection (waiting for a call in progress). Later calls raise StoreError."""
-        with self._lock:
-            if self._connection is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._connection.close()
-                self._connection = None
+        """Close the connections (waiting for a call in progress). Later calls raise StoreError."""
+        self.engine.close()
 
     # -- keys ----------------------------------------------------------------------------------------------
 
@@ -228,7 +266,7 @@ class Store:
             source=source,
         )
         digest = hash_key(secret)
-        with self._transaction("create a key") as conn:
+        with self.engine.transaction("create a key") as conn:
             if conn.execute("SELECT 1 FROM keys WHERE hash = ?", (digest,)).fetchone():
                 raise StoreError("a key with this secret already exists")
             while conn.execute("SELECT 1 FROM keys WHERE id = ?", (record.id,)).fetchone():
@@ -240,7 +278,7 @@ class Store:
     def list_keys(self, *, include_revoked: bool = True) -> list[KeyRecord]:
         """Every key, oldest first."""
         where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        with self._locked("list the keys") as conn:
+        with self.engine.session("list the keys") as conn:
             rows = conn.execute(f"SELECT {_KEY_COLUMNS} FROM keys{where} ORDER BY created_at, id").fetchall()
         return [KeyRecord.from_row(row) for row in rows]
 
@@ -252,7 +290,7 @@ class Store:
         Raises KeyNotFound when nothing matches, StoreError when several live keys do."""
         digest = hash_key(ref)
         body = ref.removeprefix(KEY_PREFIX)
-        with self._transaction("revoke a key") as conn:
+        with self.engine.transaction("revoke a key") as conn:
             rows = conn.execute(f"SELECT hash, {_KEY_COLUMNS} FROM keys ORDER BY created_at, id").fetchall()
             keys = [(bytes(row[0]), KeyRecord.from_row(row[1:])) for row in rows]
             by_id = [record for _, record in keys if record.id == ref]
@@ -278,7 +316,7 @@ class Store:
 
     def key_by_hash(self, digest: bytes) -> KeyRecord | None:
         """The key whose secret hashes to ``digest``, active or not (the caller tells the client which)."""
-        with self._locked("look a key up") as conn:
+        with self.engine.session("look a key up") as conn:
             row = conn.execute(f"SELECT hash, {_KEY_COLUMNS} FROM keys WHERE hash = ?", (digest,)).fetchone()
         if row is None or not hmac.compare_digest(bytes(row[0]), digest):
             return None
@@ -288,7 +326,7 @@ class Store:
         """Digest -> record of every key active now, for an in-memory cache. (A dict lookup by digest
         leaks nothing useful: an attacker learns about SHA-256 digests, not about secrets.)"""
         now = time.time()
-        with self._locked("load the keys") as conn:
+        with self.engine.session("load the keys") as conn:
             rows = conn.execute(f"SELECT hash, {_KEY_COLUMNS} FROM keys WHERE revoked_at IS NULL").fetchall()
         records = ((bytes(row[0]), KeyRecord.from_row(row[1:])) for row in rows)
         return {digest: record for digest, record in records if record.active_at(now)}
@@ -296,7 +334,7 @@ class Store:
     def change_counter(self) -> int:
         """A number that grows with every change to the keys, made by any process: poll it to know when
         a cache of ``all_active_keys`` is stale."""
-        with self._locked("read the key change counter") as conn:
+        with self.engine.session("read the key change counter") as conn:
             row = conn.execute("SELECT value FROM meta WHERE name = 'key_changes'").fetchone()
         return int(row[0]) if row else 0
 
@@ -304,7 +342,7 @@ class Store:
         """Bring the keys declared in the config file into the store, in one transaction (see
         ``keys.plan_import`` for how they are matched). Raises ConfigError for duplicate names or secrets
         or a bad expiry (nothing is written then), StoreError if the store cannot be written."""
-        with self._transaction("import the configured keys") as conn:
+        with self.engine.transaction("import the configured keys") as conn:
             rows = conn.execute(f"SELECT hash, {_KEY_COLUMNS} FROM keys").fetchall()
             stored = [StoredKey(KeyRecord.from_row(row[1:]), bytes(row[0])) for row in rows]
             writes, report = plan_import(stored, declared, now=time.time())
@@ -318,20 +356,21 @@ class Store:
 
     def save_response(self, response_id: str, created_at: float, items: str, *, keep: int) -> None:
         """Store a response's conversation (``items``: JSON text), keeping the newest ``keep`` only."""
-        with self._transaction("store a response") as conn:
+        with self.engine.transaction("store a response") as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO responses (id, created_at, items) VALUES (?, ?, ?)",
+                "INSERT INTO responses (id, created_at, items) VALUES (?, ?, ?) ON CONFLICT (id)"
+                " DO UPDATE SET created_at = excluded.created_at, items = excluded.items",
                 (response_id, created_at, items),
             )
             conn.execute(
-                "DELETE FROM responses WHERE id IN"
-                " (SELECT id FROM responses ORDER BY created_at DESC LIMIT -1 OFFSET ?)",
+                "DELETE FROM responses WHERE id NOT IN"
+                " (SELECT id FROM responses ORDER BY created_at DESC LIMIT ?)",
                 (keep,),
             )
 
     def load_response(self, response_id: str, *, newer_than: float) -> str | None:
         """The conversation of a response stored after ``newer_than`` (epoch seconds), or None."""
-        with self._locked("read a response") as conn:
+        with self.engine.session("read a response") as conn:
             row = conn.execute(
                 "SELECT items FROM responses WHERE id = ? AND created_at >= ?", (response_id, newer_than)
             ).fetchone()
@@ -339,7 +378,7 @@ class Store:
 
     def prune_responses(self, older_than: float) -> int:
         """Delete the responses stored before ``older_than``; returns how many went."""
-        with self._transaction("prune responses") as conn:
+        with self.engine.transaction("prune responses", exclusive=False) as conn:
             return conn.execute("DELETE FROM responses WHERE created_at < ?", (older_than,)).rowcount
 
     # -- usage ---------------------------------------------------------------------------------------------
@@ -347,7 +386,7 @@ class Store:
     def insert_usage(self, rows: Sequence[UsageRecord]) -> None:
         """Write ``rows`` in one transaction: all of them or, on error, none."""
         values = [_usage_values(row) for row in rows]
-        with self._transaction("write usage records") as conn:
+        with self.engine.transaction("write usage records", exclusive=False) as conn:
             conn.executemany(_INSERT_USAGE, values)
 
     def usage_summary(self, *, since: float | None = None, by: str = "model") -> list[UsageRow]:
@@ -358,10 +397,11 @@ class Store:
         column = _SUMMARY_COLUMN[by]
         where, bounds = ("", ()) if since is None else (" WHERE time >= ?", (since,))
         latencies: dict[str | None, array.array[float]] = collections.defaultdict(lambda: array.array("d"))
-        with self._locked("summarise usage") as conn:
+        with self.engine.session("summarise usage") as conn:
             totals = conn.execute(
-                f"SELECT {column}, count(*), sum(status >= 400), sum(prompt_tokens), sum(completion_tokens),"
-                f" avg(latency_seconds), avg(ttft_seconds) FROM usage{where} GROUP BY {column}",
+                f"SELECT {column}, count(*), sum(CASE WHEN status >= 400 THEN 1 ELSE 0 END),"
+                f" sum(prompt_tokens), sum(completion_tokens), avg(latency_seconds), avg(ttft_seconds)"
+                f" FROM usage{where} GROUP BY {column}",
                 bounds,
             ).fetchall()
             # percentiles in Python: twice as fast as SQLite's window functions, 8 bytes a request
@@ -378,14 +418,15 @@ class Store:
         result = [
             UsageRow(
                 group=labels[group],
-                requests=requests,
-                errors=errors or 0,
-                prompt_tokens=prompt or 0,
-                completion_tokens=completion or 0,
-                avg_latency_seconds=latency,
-                p50_latency_seconds=p50.get(group, latency),
-                p95_latency_seconds=p95.get(group, latency),
-                avg_ttft_seconds=ttft,
+                # PostgreSQL sums integers as numeric: every figure is made a plain int or float
+                requests=int(requests),
+                errors=int(errors or 0),
+                prompt_tokens=int(prompt or 0),
+                completion_tokens=int(completion or 0),
+                avg_latency_seconds=float(latency),
+                p50_latency_seconds=p50.get(group, float(latency)),
+                p95_latency_seconds=p95.get(group, float(latency)),
+                avg_ttft_seconds=None if ttft is None else float(ttft),
             )
             for group, requests, errors, prompt, completion, latency, ttft in totals
         ]
@@ -394,7 +435,7 @@ class Store:
 
     def tokens_used(self, key_id: str, since: float | None = None) -> int:
         """Prompt plus completion tokens recorded for ``key_id`` since ``since`` (None = all kept)."""
-        with self._locked("count tokens") as conn:
+        with self.engine.session("count tokens") as conn:
             row = conn.execute(
                 "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM usage"
                 " WHERE key_id = ? AND time >= ?",
@@ -405,7 +446,7 @@ class Store:
     def recent_usage(self, since: float) -> list[tuple[str, float, int]]:
         """(key id, time, tokens) of every keyed request since ``since`` that its limits admitted, oldest
         first: what rate windows are rebuilt from after a restart."""
-        with self._locked("read recent usage") as conn:
+        with self.engine.session("read recent usage") as conn:
             rows = conn.execute(
                 "SELECT key_id, time, prompt_tokens + completion_tokens FROM usage"
                 " WHERE time >= ? AND key_id IS NOT NULL AND status NOT IN (401, 402, 403, 429)"
@@ -419,7 +460,7 @@ class Store:
         returns how many rows went."""
         deleted = 0
         while True:
-            with self._transaction("prune usage") as conn:
+            with self.engine.transaction("prune usage", exclusive=False) as conn:
                 cursor = conn.execute(
                     "DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE time < ? LIMIT ?)",
                     (older_than, PRUNE_CHUNK_ROWS),
@@ -428,94 +469,12 @@ class Store:
             if cursor.rowcount < PRUNE_CHUNK_ROWS:
                 return deleted
 
-    # -- plumbing ------------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, action: str) -> Iterator[sqlite3.Connection]:
-        """The connection, held alone, with sqlite3's errors translated into StoreError."""
-        with self._lock:
-            if self._connection is None:
-                raise StoreError(f"cannot {action}: the store {self.path} is closed")
-            try:
-                yield self._connection
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot {action}: {_describe(exc)} ({self.path})") from exc
-
-    @contextlib.contextmanager
-    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE takes the write lock up front (waiting at most the busy
-        timeout), so it never fails half way for lack of it. Rolled back on any exception."""
-        with self._locked(action) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-
-
-def _prepare(conn: sqlite3.Connection, path: Path, busy_timeout_seconds: float) -> None:
-    # Switching a new file to WAL needs a moment alone with it and does not wait on the busy timeout
-    # (another connection of this process, or another process, may be creating the schema): retry.
-    deadline = time.monotonic() + busy_timeout_seconds
-    while True:
-        try:
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(WAL_SWITCH_RETRY_SECONDS)
-    if str(mode).lower() != "wal":
-        raise StoreError(f"cannot use the store {path}: its file system does not support WAL mode")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    if _user_version(conn) == SCHEMA_VERSION:
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = _user_version(conn)  # another process may have created the schema meanwhile
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the store {path} was written by a newer gatewayd (schema {version}; this one knows "
-                f"{SCHEMA_VERSION}); upgrade gatewayd or point it at another state directory"
-            )
-        for script in MIGRATIONS[version:]:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """End the transaction in progress, if any (a failed COMMIT leaves it open)."""
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _user_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def _describe(exc: sqlite3.Error) -> str:
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return "the store is locked by another process"
-    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
-        return "the file is not a gatewayd store (not an SQLite database, or corrupt)"
-    return text
-
-
-def _bump_key_changes(conn: sqlite3.Connection) -> None:
+def _bump_key_changes(conn: Session) -> None:
     conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'key_changes'")
 
 
-def _write_key(conn: sqlite3.Connection, write: KeyWrite) -> None:
+def _write_key(conn: Session, write: KeyWrite) -> None:
     values = write.record.to_row()
     if write.insert:
         conn.execute(_INSERT_KEY, (write.digest, *values))

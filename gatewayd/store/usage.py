@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from gatewayd.config import UsageSettings
 from gatewayd.errors import StoreError
 from gatewayd.store.db import Store
+from gatewayd.store.target import StoreTarget
 
 log = logging.getLogger("gatewayd.store")
 
@@ -73,7 +74,7 @@ class UsageWriter:
 
     def __init__(
         self,
-        path: Path,
+        target: StoreTarget | Path,
         *,
         flush_interval_seconds: float = 1.0,
         batch_size: int = 500,
@@ -85,7 +86,7 @@ class UsageWriter:
         prune_interval_seconds: float = PRUNE_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = path
+        self.target = target if isinstance(target, StoreTarget) else StoreTarget.sqlite(target)
         self._flush_interval_seconds = flush_interval_seconds
         self._batch_size = max(1, batch_size)
         self._max_buffer = max(1, max_buffer)
@@ -99,6 +100,7 @@ class UsageWriter:
         self._in_flight = 0
         self._wake: anyio.Event | None = None
         self._store: Store | None = None
+        self._store_target = self.target
         #: guards opening and closing ``_store``: a thread abandoned at a stop may still be using it
         self._store_lock = threading.Lock()
         self._next_prune = 0.0
@@ -109,6 +111,10 @@ class UsageWriter:
         self.dropped_total = 0
         self.failed_flushes_total = 0
         self.last_flush_seconds: float | None = None
+
+    def use(self, target: StoreTarget) -> None:
+        """Write to ``target`` from the next flush on (the store named by the config, once it is known)."""
+        self.target = target
 
     def configure(self, settings: UsageSettings) -> None:
         """Take a new config's usage settings; they apply from the next flush (a smaller ``max_buffer``
@@ -242,8 +248,12 @@ class UsageWriter:
 
     def _opened(self) -> Store:
         with self._store_lock:
+            if self._store is not None and self._store_target != self.target:
+                self._store.close()
+                self._store = None
             if self._store is None:
-                self._store = Store.open(self.path, busy_timeout_seconds=self._busy_timeout_seconds)
+                self._store_target = self.target
+                self._store = Store.connect(self.target, busy_timeout_seconds=self._busy_timeout_seconds)
             return self._store
 
     def _write(self, rows: list[UsageRecord]) -> None:

@@ -138,7 +138,7 @@ READING_ERRORS = {
         1,
         "source",
         "unknown key 'source'",
-        "valid keys",
+        "did you mean 'store'?",  # the nearest section; "source" itself is never offered
     ),
     "duplicate key": (
         "server:\n  port: 8080\n  host: 127.0.0.1\n  port: 8081\n",

@@ -16,6 +16,7 @@ from gatewayd.config import ApiKey
 from gatewayd.errors import ConfigError, KeyNotFound, StoreError
 from gatewayd.store import KEY_PREFIX, Store, hash_key, parse_expiry
 from gatewayd.store.keys import KeyRecord, StoredKey, plan_import
+from tests.unit.store.conftest import StoreOpener
 
 SECRET_A = "sk-alice-0123456789abcdefghijklmnopqrstuv"
 SECRET_B = "sk-bob-0123456789abcdefghijklmnopqrstuvwx"
@@ -55,17 +56,16 @@ def test_create_shows_the_secret_once_and_stores_only_its_hash(tmp_path: Path) -
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
-def test_a_secret_is_stored_once(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_a_secret_is_stored_once(open_store: StoreOpener) -> None:
+    store = open_store()
     store.create_key(name="one", secret=SECRET_A)
     with pytest.raises(StoreError, match="already exists"):
         store.create_key(name="two", secret=SECRET_A)
     assert [record.name for record in store.list_keys()] == ["one"]
-    store.close()
 
 
-def test_revoke_by_id_prefix_or_name(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_revoke_by_id_prefix_or_name(open_store: StoreOpener) -> None:
+    store = open_store()
     by_id, _ = store.create_key(name="first")
     by_prefix, secret = store.create_key(name="second")
     by_name, _ = store.create_key(name="third")
@@ -86,11 +86,10 @@ def test_revoke_by_id_prefix_or_name(tmp_path: Path) -> None:
     found = store.key_by_hash(hash_key(secret))
     assert found is not None
     assert not found.active
-    store.close()
 
 
-def test_a_name_shared_by_two_live_keys_is_ambiguous(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_a_name_shared_by_two_live_keys_is_ambiguous(open_store: StoreOpener) -> None:
+    store = open_store()
     one, _ = store.create_key(name="team")
     two, _ = store.create_key(name="team")
     with pytest.raises(StoreError, match="ambiguous") as raised:
@@ -103,20 +102,18 @@ def test_a_name_shared_by_two_live_keys_is_ambiguous(tmp_path: Path) -> None:
     assert store.revoke_key("team").id == two.id  # the only live one left
     again = store.revoke_key(two.id)  # revoking twice is not an error and changes nothing
     assert again.revoked_at == store.list_keys()[1].revoked_at
-    store.close()
 
 
-def test_an_unknown_reference_says_how_to_list_keys(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_an_unknown_reference_says_how_to_list_keys(open_store: StoreOpener) -> None:
+    store = open_store()
     store.create_key(name="someone")
     with pytest.raises(KeyNotFound, match="gatewayd keys list") as raised:
         store.revoke_key("nobody")
     assert raised.value.exit_code == 1
-    store.close()
 
 
-def test_an_expired_key_is_inactive(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_an_expired_key_is_inactive(open_store: StoreOpener) -> None:
+    store = open_store()
     expired, secret = store.create_key(name="old", expires_at=time.time() - 1)
     current, current_secret = store.create_key(name="new", expires_at=time.time() + 3600)
     assert not expired.active
@@ -125,12 +122,11 @@ def test_an_expired_key_is_inactive(tmp_path: Path) -> None:
     assert store.key_by_hash(hash_key(secret)) == expired
     assert current.expires_at is not None
     assert not current.active_at(current.expires_at)
-    store.close()
 
 
-def test_key_changes_are_seen_through_another_connection(tmp_path: Path) -> None:
-    writer = Store.open(tmp_path / "k.db")
-    reader = Store.open(tmp_path / "k.db")
+def test_key_changes_are_seen_through_another_connection(open_store: StoreOpener) -> None:
+    writer = open_store()
+    reader = open_store()
     before = reader.change_counter()
     record, secret = writer.create_key(name="fresh")
     assert reader.change_counter() > before
@@ -139,7 +135,6 @@ def test_key_changes_are_seen_through_another_connection(tmp_path: Path) -> None
     writer.revoke_key(record.id)
     assert reader.change_counter() > before
     assert reader.all_active_keys() == {}
-    writer.close()
     reader.close()
 
 
@@ -157,8 +152,8 @@ def declared(name: str, key: str, **limits: object) -> ApiKey:
     return ApiKey(name=name, key=key, **limits)  # type: ignore[arg-type]
 
 
-def test_import_reports_imported_unchanged_updated_and_orphans(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_import_reports_imported_unchanged_updated_and_orphans(open_store: StoreOpener) -> None:
+    store = open_store()
     first = [
         declared("alice", SECRET_A, models=("llama",)),
         declared("bob", SECRET_B, rpm=10),
@@ -188,11 +183,10 @@ def test_import_reports_imported_unchanged_updated_and_orphans(tmp_path: Path) -
     assert keys["bob"].rpm == 20
     assert keys["bob"].id == ids["bob"]
     assert keys["dave"].active  # an orphan is reported, never revoked on its own
-    store.close()
 
 
-def test_a_rotated_secret_keeps_the_key_and_stops_the_old_secret(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_a_rotated_secret_keeps_the_key_and_stops_the_old_secret(open_store: StoreOpener) -> None:
+    store = open_store()
     store.import_keys([declared("alice", SECRET_A)])
     (before,) = store.list_keys()
     report = store.import_keys([declared("alice", SECRET_C)])
@@ -203,32 +197,29 @@ def test_a_rotated_secret_keeps_the_key_and_stops_the_old_secret(tmp_path: Path)
     assert after.prefix != before.prefix
     assert store.key_by_hash(hash_key(SECRET_A)) is None
     assert store.key_by_hash(hash_key(SECRET_C)) == after
-    store.close()
 
 
-def test_a_revoked_declared_key_stays_revoked(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_a_revoked_declared_key_stays_revoked(open_store: StoreOpener) -> None:
+    store = open_store()
     store.import_keys([declared("alice", SECRET_A)])
     store.revoke_key("alice")
     report = store.import_keys([declared("alice", SECRET_A)])
     assert report.revoked == ("alice",)
     assert (report.imported, report.unchanged, report.updated) == ((), (), ())
     assert store.all_active_keys() == {}
-    store.close()
 
 
-def test_a_cli_key_declared_in_the_config_is_adopted(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_a_cli_key_declared_in_the_config_is_adopted(open_store: StoreOpener) -> None:
+    store = open_store()
     record, secret = store.create_key(name="made-by-hand")
     report = store.import_keys([declared("pinned", secret, tpm=1000)])
     assert report.updated == ("pinned",)
     (adopted,) = store.list_keys()
     assert (adopted.id, adopted.name, adopted.tpm, adopted.source) == (record.id, "pinned", 1000, "config")
-    store.close()
 
 
-def test_declared_mistakes_are_config_errors_and_nothing_is_written(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_declared_mistakes_are_config_errors_and_nothing_is_written(open_store: StoreOpener) -> None:
+    store = open_store()
     mistakes = [
         declared("alice", SECRET_A, expires="soon"),
         declared("alice", SECRET_B),
@@ -238,7 +229,6 @@ def test_declared_mistakes_are_config_errors_and_nothing_is_written(tmp_path: Pa
         store.import_keys(mistakes)
     assert {issue.key for issue in raised.value.issues} == {"keys[0].expires", "keys[1].name", "keys[2].key"}
     assert store.list_keys() == []
-    store.close()
 
 
 def test_only_live_config_keys_are_orphans() -> None:
@@ -285,8 +275,8 @@ def test_a_store_from_a_newer_gatewayd_is_refused(tmp_path: Path) -> None:
         Store.open(path)
 
 
-def test_a_closed_store_raises_store_error(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "k.db")
+def test_a_closed_store_raises_store_error(open_store: StoreOpener) -> None:
+    store = open_store()
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.list_keys()

@@ -4,7 +4,6 @@ bounded by max_buffer."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import pytest
 
 from gatewayd.config import UsageSettings
 from gatewayd.store import Store, UsageRecord, UsageWriter
+from gatewayd.store.target import StoreTarget
+from tests.unit.store.conftest import StoreOpener
 
 #: long enough never to fire in a test that does not wait for it
 NEVER_SECONDS = 600.0
@@ -45,13 +46,15 @@ def record(
     )
 
 
-def stored_rows(path: Path) -> list[tuple[object, ...]]:
+def stored_rows(target: StoreTarget) -> list[tuple[object, ...]]:
     """(model, prompt_tokens) of every stored record, read through a connection of the test's own."""
-    conn = sqlite3.connect(path)
+    store = Store.connect(target)
     try:
-        return conn.execute("SELECT model, prompt_tokens FROM usage ORDER BY id").fetchall()
+        with store.engine.session("read usage") as session:
+            rows = session.execute("SELECT model, prompt_tokens FROM usage ORDER BY id").fetchall()
+        return [(model, int(tokens)) for model, tokens in rows]
     finally:
-        conn.close()
+        store.close()
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
@@ -60,8 +63,8 @@ async def wait_until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(0.01)
 
 
-def test_summary_by_model_backend_and_key(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "u.db")
+def test_summary_by_model_backend_and_key(open_store: StoreOpener) -> None:
+    store = open_store()
     alice, _ = store.create_key(name="alice")
     rows = [record(i, key_id=alice.id, latency=float(i)) for i in range(1, 21)]  # llama on gpu, 1..20 s
     rows += [
@@ -86,21 +89,19 @@ def test_summary_by_model_backend_and_key(tmp_path: Path) -> None:
     assert by_key == [("alice", 20), ("-", 2)]  # busiest first
     with pytest.raises(ValueError, match="by 'user'"):
         store.usage_summary(by="user")
-    store.close()
 
 
-def test_two_keys_with_one_name_are_told_apart(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "u.db")
+def test_two_keys_with_one_name_are_told_apart(open_store: StoreOpener) -> None:
+    store = open_store()
     one, _ = store.create_key(name="team")
     two, _ = store.create_key(name="team")
     store.insert_usage([record(1, key_id=one.id), record(1, key_id=two.id)])
     groups = {row.group for row in store.usage_summary(by="key")}
     assert groups == {f"team ({one.id})", f"team ({two.id})"}
-    store.close()
 
 
-def test_since_tokens_recent_usage_and_retention(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "u.db")
+def test_since_tokens_recent_usage_and_retention(open_store: StoreOpener) -> None:
+    store = open_store()
     old = [record(1, time=NOW - 100 * 86_400, key_id="k_1"), record(2, time=NOW - 86_400, key_id="k_1")]
     new = [record(3, time=NOW - 60, key_id="k_1"), record(4, time=NOW, key_id="k_2"), record(5, time=NOW)]
     store.insert_usage(old + new)
@@ -115,13 +116,11 @@ def test_since_tokens_recent_usage_and_retention(tmp_path: Path) -> None:
     assert store.prune_usage(NOW - 90 * 86_400) == 1
     assert store.prune_usage(NOW - 90 * 86_400) == 0
     assert store.tokens_used("k_1") == 22 + 33
-    store.close()
 
 
 @pytest.mark.anyio
-async def test_records_are_written_within_a_flush_interval(tmp_path: Path) -> None:
-    path = tmp_path / "u.db"
-    writer = UsageWriter(path, flush_interval_seconds=0.05)
+async def test_records_are_written_within_a_flush_interval(store_target: StoreTarget) -> None:
+    writer = UsageWriter(store_target, flush_interval_seconds=0.05)
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
         for i in range(3):
@@ -129,27 +128,25 @@ async def test_records_are_written_within_a_flush_interval(tmp_path: Path) -> No
         await wait_until(lambda: writer.written_total == 3)
         assert writer.backlog == 0
         assert writer.last_flush_seconds is not None
-        assert stored_rows(path) == [("m0", 0), ("m1", 10), ("m2", 20)]
+        assert stored_rows(store_target) == [("m0", 0), ("m1", 10), ("m2", 20)]
         tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
-async def test_a_full_batch_is_written_before_the_interval(tmp_path: Path) -> None:
-    path = tmp_path / "u.db"
-    writer = UsageWriter(path, flush_interval_seconds=NEVER_SECONDS, batch_size=5)
+async def test_a_full_batch_is_written_before_the_interval(store_target: StoreTarget) -> None:
+    writer = UsageWriter(store_target, flush_interval_seconds=NEVER_SECONDS, batch_size=5)
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
         for i in range(5):
             writer.add(record(i))
         await wait_until(lambda: writer.written_total == 5)
         tg.cancel_scope.cancel()
-    assert len(stored_rows(path)) == 5
+    assert len(stored_rows(store_target)) == 5
 
 
 @pytest.mark.anyio
-async def test_a_clean_stop_writes_what_is_buffered(tmp_path: Path) -> None:
-    path = tmp_path / "u.db"
-    writer = UsageWriter(path, flush_interval_seconds=NEVER_SECONDS)
+async def test_a_clean_stop_writes_what_is_buffered(store_target: StoreTarget) -> None:
+    writer = UsageWriter(store_target, flush_interval_seconds=NEVER_SECONDS)
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
         for i in range(7):
@@ -157,32 +154,30 @@ async def test_a_clean_stop_writes_what_is_buffered(tmp_path: Path) -> None:
         tg.cancel_scope.cancel()
     assert writer.written_total == 7
     assert writer.backlog == 0
-    assert [model for model, _ in stored_rows(path)] == [f"m{i}" for i in range(7)]
+    assert [model for model, _ in stored_rows(store_target)] == [f"m{i}" for i in range(7)]
 
 
 @pytest.mark.anyio
-async def test_past_max_buffer_the_oldest_are_dropped_and_counted(tmp_path: Path) -> None:
-    path = tmp_path / "u.db"
-    writer = UsageWriter(path, flush_interval_seconds=NEVER_SECONDS, max_buffer=3)
+async def test_past_max_buffer_the_oldest_are_dropped_and_counted(store_target: StoreTarget) -> None:
+    writer = UsageWriter(store_target, flush_interval_seconds=NEVER_SECONDS, max_buffer=3)
     for i in range(5):
         writer.add(record(i, model=f"m{i}"))
     assert (writer.backlog, writer.dropped_total) == (3, 2)
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
         tg.cancel_scope.cancel()
-    assert [model for model, _ in stored_rows(path)] == ["m2", "m3", "m4"]
+    assert [model for model, _ in stored_rows(store_target)] == ["m2", "m3", "m4"]
 
 
 @pytest.mark.anyio
-async def test_old_records_are_pruned_past_the_retention(tmp_path: Path) -> None:
-    path = tmp_path / "u.db"
-    store = Store.open(path)
+async def test_old_records_are_pruned_past_the_retention(store_target: StoreTarget) -> None:
+    store = Store.connect(store_target)
     store.insert_usage([record(1, time=NOW - 3 * 86_400, model="old"), record(2, time=NOW, model="new")])
     store.close()
-    writer = UsageWriter(path, flush_interval_seconds=0.05, retention_days=2, clock=lambda: NOW)
+    writer = UsageWriter(store_target, flush_interval_seconds=0.05, retention_days=2, clock=lambda: NOW)
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
-        await wait_until(lambda: [model for model, _ in stored_rows(path)] == ["new"])
+        await wait_until(lambda: [model for model, _ in stored_rows(store_target)] == ["new"])
         tg.cancel_scope.cancel()
 
 
